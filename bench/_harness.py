@@ -1,0 +1,81 @@
+"""Side-by-side timing helpers shared by every benchmark script.
+
+Each script runs on the backend chosen by `KERAS_BACKEND`, times its
+candidates in one process (warm-up, then the median of `runs` timings) and
+writes a markdown table to `bench/results/<name>_<backend>.md`, with ratios to
+a baseline so runs on different days compare.
+"""
+
+import datetime
+import os
+import pathlib
+import platform
+import statistics
+import time
+
+import keras
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+BACKEND = keras.backend.backend()
+SMOKE = os.environ.get("KR_BENCH_SMOKE") == "1"
+
+
+def sync(value):
+    """Waits for asynchronous backends by pulling one element to the host."""
+    leaves = keras.tree.flatten(value)
+    for leaf in leaves[:1]:
+        if hasattr(leaf, "shape"):
+            keras.ops.convert_to_numpy(keras.ops.ravel(leaf)[:1])
+    return value
+
+
+def timeit(fn, warmup=3, runs=20):
+    """Median wall time of `fn()` in seconds, after `warmup` calls."""
+    if SMOKE:
+        warmup, runs = 1, 2
+    for _ in range(warmup):
+        sync(fn())
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        sync(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def device_name():
+    """The accelerator's name where the backend reports one, else the CPU."""
+    try:
+        devices = keras.distribution.list_devices()
+    except Exception:  # noqa: BLE001 - a report header must never fail
+        devices = []
+    gpus = [d for d in devices if "gpu" in str(d).lower()]
+    if gpus:
+        return str(gpus[0])
+    return (
+        f"CPU ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores)"
+    )
+
+
+def write_table(name, title, header, rows, notes=()):
+    """Writes one results table; returns its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}_{BACKEND}.md"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC"
+    )
+    lines = [
+        f"# {title} ({BACKEND})",
+        "",
+        f"keras {keras.__version__}, backend {BACKEND}, device "
+        f"{device_name()}, {stamp}" + (" (smoke run)" if SMOKE else ""),
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += [""] + [f"- {n}" for n in notes]
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return path

@@ -1,0 +1,3 @@
+"""Training callbacks."""
+
+__all__ = []

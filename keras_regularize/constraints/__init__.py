@@ -1,0 +1,3 @@
+"""Weight constraints."""
+
+__all__ = []

@@ -1,0 +1,150 @@
+"""DropBlock: structured dropout of contiguous square regions of feature maps.
+
+Paper: DropBlock: A regularization method for convolutional networks
+(https://arxiv.org/abs/1810.12890).
+"""
+
+import keras
+from keras import ops
+
+from keras_regularize._export import export
+from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_int
+from keras_regularize._validation import check_seed
+from keras_regularize.layers._rate import RateLayer
+
+
+@export("keras_regularize.layers.DropBlock2D")
+class DropBlock2D(RateLayer):
+    """Drops contiguous `block_size x block_size` regions of feature maps.
+
+    In training, block corners are drawn independently per sample and
+    channel with the paper's probability
+
+    `gamma = rate / block_size**2 * (H * W) / ((H - block_size + 1) *
+    (W - block_size + 1))`
+
+    over the `(H - block_size + 1) x (W - block_size + 1)` positions where a
+    whole block fits, so every row and column of a map, square or not, can
+    be dropped. Each corner zeroes the block below and to its right; the
+    kept activations are rescaled by `count / kept` so the batch total is
+    preserved on average. Identity at inference.
+
+    Args:
+        rate: Float in `[0, 1)`. Target fraction of activations to drop.
+            Defaults to `0.1`.
+        block_size: Int >= 1, no larger than the feature map's height and
+            width. Defaults to `7`.
+        data_format: `"channels_last"` (`(B, H, W, C)`) or `"channels_first"`
+            (`(B, C, H, W)`). Defaults to `keras.config.image_data_format()`.
+        seed: Optional non-negative int for the layer's seed generator.
+            Defaults to `None`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Rank-4 tensor in `data_format` with static height and width.
+        training: Python bool. Blocks are dropped only when `True`.
+
+    Example:
+
+    >>> layer = keras_regularize.layers.DropBlock2D(
+    ...     rate=0.2, block_size=3, data_format="channels_last", seed=0)
+    >>> layer(keras.ops.ones((2, 10, 6, 4)), training=True).shape
+    (2, 10, 6, 4)
+
+    References:
+        - [Ghiasi et al., 2018](https://arxiv.org/abs/1810.12890)
+    """
+
+    def __init__(
+        self, rate=0.1, block_size=7, data_format=None, seed=None, **kwargs
+    ):
+        super().__init__(rate, **kwargs)
+        self.block_size = check_int("block_size", block_size, 1)
+        if data_format is None:
+            data_format = keras.config.image_data_format()
+        self.data_format = check_choice(
+            "data_format", data_format, ("channels_last", "channels_first")
+        )
+        self.seed = check_seed("seed", seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def _spatial(self, shape):
+        if len(shape) != 4:
+            raise ValueError(
+                "Invalid input received for `DropBlock2D`. Expected a rank-4 "
+                f"tensor in {self.data_format}. Received: shape={tuple(shape)}"
+            )
+        if self.data_format == "channels_last":
+            return shape[1], shape[2]
+        return shape[2], shape[3]
+
+    def build(self, input_shape):
+        height, width = self._spatial(input_shape)
+        self._check_block(height, width)
+        self.built = True
+
+    def _check_block(self, height, width):
+        for size in (height, width):
+            if size is not None and self.block_size > size:
+                raise ValueError(
+                    "Invalid value received for argument `block_size`. "
+                    "Expected at most the feature map's height and width "
+                    f"({height}x{width}). Received: "
+                    f"block_size={self.block_size}"
+                )
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        height, width = self._spatial(inputs.shape)
+        if height is None or width is None:
+            raise ValueError(
+                "`DropBlock2D` needs static height and width. Received: "
+                f"shape={tuple(inputs.shape)}"
+            )
+        self._check_block(height, width)
+        size = self.block_size
+        rows, cols = height - size + 1, width - size + 1
+        gamma = (1.0 - self._keep_prob()) * (
+            (height * width) / (size * size * rows * cols)
+        )
+        batch = ops.shape(inputs)[0]
+        channels = inputs.shape[3 if self.data_format == "channels_last" else 1]
+        # Block corners, channels_last, over the positions where a block fits.
+        corners = keras.random.uniform(
+            (batch, rows, cols, channels),
+            dtype="float32",
+            seed=self.seed_generator,
+        )
+        corners = ops.cast(corners < gamma, "float32")
+        if size > 1:
+            pad = size - 1
+            corners = ops.pad(corners, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+            # Each output pixel is dropped if any corner within
+            # `size - 1` rows above and columns to the left was drawn.
+            corners = ops.max_pool(
+                corners,
+                pool_size=size,
+                strides=1,
+                padding="valid",
+                data_format="channels_last",
+            )
+        keep = 1.0 - corners
+        if self.data_format == "channels_first":
+            keep = ops.transpose(keep, (0, 3, 1, 2))
+        total = ops.cast(ops.size(keep), "float32")
+        scale = total / ops.maximum(ops.sum(keep), 1.0)
+        return inputs * ops.cast(keep * scale, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "rate": self.rate,
+            "block_size": self.block_size,
+            "data_format": self.data_format,
+            "seed": self.seed,
+        }

@@ -1,0 +1,139 @@
+"""Stochastic depth as a merge layer: `shortcut + drop(residual)`.
+
+Paper: Deep Networks with Stochastic Depth (https://arxiv.org/abs/1603.09382).
+"""
+
+import keras
+from keras import ops
+
+from keras_regularize._export import export
+from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_seed
+from keras_regularize.layers._rate import RateLayer
+from keras_regularize.layers.drop_path import MODES
+from keras_regularize.layers.drop_path import drop_path
+
+
+def _shapes(value):
+    """Shapes of a list of tensors (or shapes); anything else as it is."""
+    if isinstance(value, (list, tuple)) and all(
+        hasattr(v, "shape") for v in value
+    ):
+        return [tuple(v.shape) for v in value]
+    return getattr(value, "shape", value)
+
+
+def _check_pair(shapes):
+    if (
+        not isinstance(shapes, (list, tuple))
+        or len(shapes) != 2
+        or not all(isinstance(s, (list, tuple)) for s in shapes)
+    ):
+        raise ValueError(
+            "`StochasticDepth` expects a list of two tensors of the same "
+            f"shape, `[shortcut, residual]`. Received: inputs={shapes}"
+        )
+    a, b = (tuple(s) for s in shapes)
+    if len(a) != len(b) or any(
+        x is not None and y is not None and x != y for x, y in zip(a, b)
+    ):
+        raise ValueError(
+            "`StochasticDepth` expects `[shortcut, residual]` of the same "
+            f"shape. Received: shapes {a} and {b}"
+        )
+    return a
+
+
+@export("keras_regularize.layers.StochasticDepth")
+class StochasticDepth(RateLayer):
+    """Adds a residual branch to its shortcut, dropping the branch at random.
+
+    Called on `[shortcut, residual]`, it returns `shortcut + residual` with the
+    residual dropped as by `DropPath`: for whole samples (`mode="row"`) or the
+    whole batch (`mode="batch"`), with probability `rate`.
+
+    With `scale_by_keep=True` (the modern form) kept residuals are divided by
+    `1 - rate` in training and inference returns `shortcut + residual`. With
+    `scale_by_keep=False` it follows the original paper: no scaling in
+    training, and `shortcut + (1 - rate) * residual` at inference.
+
+    Args:
+        rate: Float in `[0, 1)`. Probability of dropping the residual.
+            Defaults to `0.1`.
+        mode: `"row"` or `"batch"`. Defaults to `"row"`.
+        scale_by_keep: Bool. Defaults to `True`.
+        seed: Optional non-negative int for the layer's seed generator.
+            Defaults to `None`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: List `[shortcut, residual]` of two tensors of one shape,
+            rank >= 2, batch first.
+        training: Python bool. The residual is dropped only when `True`.
+
+    Example:
+
+    >>> layer = keras_regularize.layers.StochasticDepth(
+    ...     rate=0.5, scale_by_keep=False)
+    >>> x = keras.ops.ones((2, 3))
+    >>> keras.ops.convert_to_numpy(layer([x, x], training=False))[0].tolist()
+    [1.5, 1.5, 1.5]
+
+    References:
+        - [Huang et al., 2016](https://arxiv.org/abs/1603.09382)
+    """
+
+    def __init__(
+        self, rate=0.1, mode="row", scale_by_keep=True, seed=None, **kwargs
+    ):
+        super().__init__(rate, **kwargs)
+        self.mode = check_choice("mode", mode, MODES)
+        self.scale_by_keep = bool(scale_by_keep)
+        self.seed = check_seed("seed", seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        shape = _check_pair(input_shape)
+        if len(shape) < 2:
+            raise ValueError(
+                "`StochasticDepth` expects tensors of rank >= 2 (batch "
+                f"first). Received: shape={shape}"
+            )
+        self.built = True
+
+    def call(self, inputs, training=False):
+        _check_pair(_shapes(inputs))
+        shortcut, residual = inputs
+        if training:
+            residual = drop_path(
+                residual,
+                self._keep_prob(),
+                self.mode,
+                self.scale_by_keep,
+                self.seed_generator,
+            )
+        elif not self.scale_by_keep:
+            residual = residual * ops.cast(self._keep_prob(), residual.dtype)
+        return shortcut + residual
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def compute_mask(self, inputs, mask=None):
+        if mask is None or not isinstance(mask, (list, tuple)):
+            return mask
+        masks = [m for m in mask if m is not None]
+        if not masks:
+            return None
+        if len(masks) == 1:
+            return masks[0]
+        return ops.logical_and(masks[0], masks[1])
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "rate": self.rate,
+            "mode": self.mode,
+            "scale_by_keep": self.scale_by_keep,
+            "seed": self.seed,
+        }

@@ -1,0 +1,208 @@
+"""A residual wrapper whose dropped blocks are not computed at all.
+
+Papers: Deep Networks with Stochastic Depth (https://arxiv.org/abs/1603.09382);
+the per-sample subset form follows DINOv2's training code
+(https://arxiv.org/abs/2304.07193).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_regularize._export import export
+from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_seed
+from keras_regularize.layers._rate import RateLayer
+from keras_regularize.layers.drop_path import drop_path
+
+MODES = ("batch", "subset", "row")
+
+
+@export("keras_regularize.layers.StochasticResidual")
+class StochasticResidual(RateLayer):
+    """Wraps a block as `x + block(x)`, skipping the block at random.
+
+    The block may be any layer or model whose output shape equals its input
+    shape. In training:
+
+    - `mode="batch"`: with probability `rate` the block is skipped for the
+      whole batch and the layer returns `x`. A skipped block is **not
+      computed**: neither its forward nor its backward pass runs, on every
+      backend and inside jit-compiled steps (the choice is a `keras.ops.cond`
+      on a seeded draw). Kept blocks are scaled by `1 / (1 - rate)`.
+    - `mode="subset"`: the block runs on a random subset of
+      `max(1, floor(B * (1 - rate)))` samples, a static size, and its output
+      is added back to those samples scaled by `B / subset`; the other
+      samples pass through unchanged. The subset size is computed from `rate`
+      when the step is traced, so a rate changed later applies once the step
+      is traced again (the other modes read the rate variable every step).
+    - `mode="row"`: the block runs on every sample and its output is dropped
+      per sample as by `DropPath` (no compute saved; for comparison).
+
+    At inference the layer returns `x + block(x)`, or
+    `x + (1 - rate) * block(x)` when `scale_by_keep=False` (then no scaling
+    is applied in training either).
+
+    Args:
+        block: A `keras.layers.Layer` or `keras.Model` mapping a tensor to one
+            of the same shape.
+        rate: Float in `[0, 1)`. Probability of skipping the block.
+            Defaults to `0.1`.
+        mode: `"batch"`, `"subset"` or `"row"`. Defaults to `"batch"`.
+        scale_by_keep: Bool. Defaults to `True`.
+        seed: Optional non-negative int for the layer's seed generator.
+            Defaults to `None`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Tensor accepted by `block`, batch first.
+        training: Python bool. The block is skipped only when `True`.
+
+    Example:
+
+    >>> block = keras.layers.Dense(4)
+    >>> layer = keras_regularize.layers.StochasticResidual(block, rate=0.2)
+    >>> layer(keras.ops.ones((2, 4)), training=True).shape
+    (2, 4)
+
+    References:
+        - [Huang et al., 2016](https://arxiv.org/abs/1603.09382)
+        - [Oquab et al., 2023](https://arxiv.org/abs/2304.07193)
+    """
+
+    def __init__(
+        self,
+        block,
+        rate=0.1,
+        mode="batch",
+        scale_by_keep=True,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(rate, **kwargs)
+        if not isinstance(block, keras.layers.Layer):
+            raise ValueError(
+                "Invalid value received for argument `block`. Expected a "
+                f"keras.layers.Layer or keras.Model. Received: block={block!r}"
+            )
+        self.block = block
+        self.mode = check_choice("mode", mode, MODES)
+        self.scale_by_keep = bool(scale_by_keep)
+        self.seed = check_seed("seed", seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def build(self, input_shape):
+        input_shape = tuple(input_shape)
+        if not self.block.built:
+            self.block.build(input_shape)
+        spec = self.block.compute_output_spec(
+            keras.KerasTensor(input_shape, dtype=self.compute_dtype)
+        )
+        out_shape = tuple(getattr(spec, "shape", ()))
+        if len(out_shape) != len(input_shape) or any(
+            a is not None and b is not None and a != b
+            for a, b in zip(out_shape, input_shape)
+        ):
+            raise ValueError(
+                "Invalid value received for argument `block`. Expected a "
+                "block whose output shape equals its input shape. Received: "
+                f"block={self.block.name!r} mapping {input_shape} to "
+                f"{out_shape}"
+            )
+        self.built = True
+
+    def call(self, inputs, training=False):
+        if not training:
+            out = self.block(inputs, training=False)
+            if not self.scale_by_keep:
+                out = out * ops.cast(self._keep_prob(), out.dtype)
+            return inputs + out
+        if self.mode == "row":
+            out = self.block(inputs, training=True)
+            return inputs + drop_path(
+                out,
+                self._keep_prob(),
+                "row",
+                self.scale_by_keep,
+                self.seed_generator,
+            )
+        if self.mode == "subset":
+            return self._call_subset(inputs)
+        return self._call_batch(inputs)
+
+    def _call_batch(self, inputs):
+        keep_prob = self._keep_prob()
+        u = keras.random.uniform((), dtype="float32", seed=self.seed_generator)
+        keep = u < keep_prob
+        block = self.block
+        variables = block.non_trainable_variables
+        trainable = [v.value for v in block.trainable_variables]
+        state = [v.value for v in variables]
+
+        def run_block():
+            out, new_state = block.stateless_call(
+                trainable, state, inputs, training=True
+            )
+            if self.scale_by_keep:
+                out = out / ops.cast(keep_prob, out.dtype)
+            return inputs + ops.cast(out, inputs.dtype), list(new_state)
+
+        def skip_block():
+            if keras.config.backend() == "torch":
+                # Torch leaves the gradient of an unused weight as None, and
+                # Keras then warns and skips the update; a zero-weighted sum
+                # gives zero gradients, as the compiled backends produce.
+                zero = sum(ops.sum(ops.cast(w, "float32")) for w in trainable)
+                return inputs + ops.cast(zero * 0.0, inputs.dtype), list(state)
+            return inputs, list(state)
+
+        outputs, new_state = ops.cond(keep, run_block, skip_block)
+        # The block's own state (batch-norm statistics, seed generators) is
+        # threaded through the cond and written back outside it, so the
+        # branches stay pure and compile on every backend.
+        for variable, value in zip(variables, new_state):
+            variable.assign(value)
+        return outputs
+
+    def _call_subset(self, inputs):
+        batch = ops.shape(inputs)[0]
+        keep_prob = 1.0 - self.rate
+        if isinstance(batch, int):
+            size = max(1, int(math.floor(batch * keep_prob + 1e-6)))
+            scale = batch / size
+        else:
+            batch_f = ops.cast(batch, "float32")
+            size = ops.maximum(
+                ops.cast(ops.floor(batch_f * keep_prob + 1e-6), "int32"), 1
+            )
+            scale = batch_f / ops.cast(size, "float32")
+        u = keras.random.uniform(
+            (batch,), dtype="float32", seed=self.seed_generator
+        )
+        _, index = ops.top_k(u, size, sorted=False)
+        subset = ops.take(inputs, index, axis=0)
+        out = self.block(subset, training=True)
+        if self.scale_by_keep:
+            out = out * ops.cast(scale, out.dtype)
+        updated = subset + ops.cast(out, inputs.dtype)
+        return ops.scatter_update(inputs, ops.expand_dims(index, -1), updated)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "block": keras.saving.serialize_keras_object(self.block),
+            "rate": self.rate,
+            "mode": self.mode,
+            "scale_by_keep": self.scale_by_keep,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["block"] = keras.saving.deserialize_keras_object(config["block"])
+        return cls(**config)

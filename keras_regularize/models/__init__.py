@@ -1,0 +1,3 @@
+"""Model wrappers: distillation, on-device mixing, Monte Carlo prediction."""
+
+__all__ = []

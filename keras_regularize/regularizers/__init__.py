@@ -1,0 +1,3 @@
+"""Weight regularizers."""
+
+__all__ = []

@@ -1,0 +1,98 @@
+"""Test, lint, benchmark and docs sessions for keras_regularize.
+
+`nox -s tests` runs the suite on TensorFlow, PyTorch and JAX, one framework
+per virtual environment. Framework specs come from the table below and can be
+overridden per backend, e.g. `KR_TORCH_SPEC="torch==2.13.0+cu126" nox -s
+"tests(torch)"` for a GPU build.
+"""
+
+import os
+
+import nox
+
+nox.needs_version = ">=2025.02.09"
+# pip-based venvs: the machine's pip configuration finds the local CPU build
+# of torch; uv would ignore it and download a CUDA build of several GB.
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+PYPROJECT = nox.project.load_toml("pyproject.toml")
+TEST_DEPS = nox.project.dependency_groups(PYPROJECT, "test")
+LINT_DEPS = nox.project.dependency_groups(PYPROJECT, "lint")
+DOCS_DEPS = nox.project.dependency_groups(PYPROJECT, "docs")
+PYTHON = "3.11"
+
+BACKENDS = {
+    "tensorflow": os.environ.get("KR_TENSORFLOW_SPEC", "tensorflow-cpu"),
+    "torch": os.environ.get("KR_TORCH_SPEC", "torch==2.13.0"),
+    "jax": os.environ.get("KR_JAX_SPEC", "jax[cpu]"),
+}
+
+
+def _install_backend(session, backend):
+    """Installs exactly one framework and checks Keras runs on it."""
+    session.install(*BACKENDS[backend].split())
+    session.install("-e", ".", *TEST_DEPS)
+    session.env["KERAS_BACKEND"] = backend
+    session.env["PYTHONHASHSEED"] = "0"
+    session.run(
+        "python",
+        "-c",
+        "import keras; b = keras.backend.backend(); "
+        f"assert b == {backend!r}, f'Keras runs on {{b}}, not {backend}'",
+    )
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("backend", list(BACKENDS), ids=list(BACKENDS))
+def tests(session, backend):
+    """Run unit tests and docstring examples on one Keras backend."""
+    _install_backend(session, backend)
+    session.run(
+        "pytest",
+        "-n",
+        os.environ.get("KR_TEST_WORKERS", "2"),
+        "--dist",
+        "loadfile",
+        "--doctest-modules",
+        "keras_regularize",
+        "tests",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def lint(session):
+    """Check style and formatting with ruff."""
+    session.install(*LINT_DEPS)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON, default=False)
+@nox.parametrize("backend", list(BACKENDS), ids=list(BACKENDS))
+def bench(session, backend):
+    """Time our components against the anchors; writes bench/results/."""
+    _install_backend(session, backend)
+    session.install(*nox.project.dependency_groups(PYPROJECT, "bench"))
+    if backend == "tensorflow":
+        # keras-cv is an anchor to beat, never a dependency of the package.
+        session.install("keras-cv==0.9.0")
+    if backend == "torch":
+        session.install("timm", "torchvision")
+    scripts = sorted(f for f in os.listdir("bench") if f.endswith("_bench.py"))
+    for script in session.posargs or scripts:
+        session.run("python", os.path.join("bench", script))
+
+
+@nox.session(python=PYTHON, default=False)
+@nox.parametrize("backend", list(BACKENDS), ids=list(BACKENDS))
+def examples(session, backend):
+    """Run every example script in smoke mode (seconds each)."""
+    _install_backend(session, backend)
+    session.install("-e", ".[demo]")
+    session.env["KR_SMOKE"] = "1"
+    for script in sorted(os.listdir("examples")):
+        if script.endswith(".py"):
+            session.run("python", os.path.join("examples", script))
