@@ -112,16 +112,19 @@ class StochasticResidual(RateLayer):
             )
         self.built = True
 
+    def _block(self, inputs, training):
+        """The block's output in the input's dtype (blocks may differ)."""
+        return ops.cast(self.block(inputs, training=training), inputs.dtype)
+
     def call(self, inputs, training=False):
         if not training:
-            out = self.block(inputs, training=False)
+            out = self._block(inputs, False)
             if not self.scale_by_keep:
                 out = out * ops.cast(self._keep_prob(), out.dtype)
             return inputs + out
         if self.mode == "row":
-            out = self.block(inputs, training=True)
             return inputs + drop_path(
-                out,
+                self._block(inputs, True),
                 self._keep_prob(),
                 "row",
                 self.scale_by_keep,
@@ -135,33 +138,39 @@ class StochasticResidual(RateLayer):
         keep_prob = self._keep_prob()
         u = keras.random.uniform((), dtype="float32", seed=self.seed_generator)
         keep = u < keep_prob
-        block = self.block
-        variables = block.non_trainable_variables
-        trainable = [v.value for v in block.trainable_variables]
-        state = [v.value for v in variables]
+        trainable = self.block.trainable_variables
+        stateful = self.block.non_trainable_variables
+        # Current values, read outside the cond (tracers under JAX jit).
+        weights = [v.value for v in trainable]
+        state = [v.value for v in stateful]
 
         def run_block():
-            out, new_state = block.stateless_call(
-                trainable, state, inputs, training=True
-            )
+            # The block runs in its own stateless scope: its state updates
+            # (batch-norm statistics, seed generators) come back as values
+            # instead of being written from inside the branch, so both
+            # branches are pure and the cond compiles on every backend.
+            mapping = list(zip(trainable, weights)) + list(zip(stateful, state))
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                out = self._block(inputs, True)
+            new_state = []
+            for variable, value in zip(stateful, state):
+                current = scope.get_current_value(variable)
+                new_state.append(value if current is None else current)
             if self.scale_by_keep:
                 out = out / ops.cast(keep_prob, out.dtype)
-            return inputs + ops.cast(out, inputs.dtype), list(new_state)
+            return inputs + out, new_state
 
         def skip_block():
-            if keras.config.backend() == "torch":
+            if keras.config.backend() == "torch" and weights:
                 # Torch leaves the gradient of an unused weight as None, and
                 # Keras then warns and skips the update; a zero-weighted sum
                 # gives zero gradients, as the compiled backends produce.
-                zero = sum(ops.sum(ops.cast(w, "float32")) for w in trainable)
-                return inputs + ops.cast(zero * 0.0, inputs.dtype), list(state)
-            return inputs, list(state)
+                zero = sum(ops.sum(ops.cast(w, "float32")) for w in weights)
+                return inputs + ops.cast(zero * 0.0, inputs.dtype), state
+            return inputs, state
 
         outputs, new_state = ops.cond(keep, run_block, skip_block)
-        # The block's own state (batch-norm statistics, seed generators) is
-        # threaded through the cond and written back outside it, so the
-        # branches stay pure and compile on every backend.
-        for variable, value in zip(variables, new_state):
+        for variable, value in zip(stateful, new_state):
             variable.assign(value)
         return outputs
 
@@ -182,10 +191,10 @@ class StochasticResidual(RateLayer):
         )
         _, index = ops.top_k(u, size, sorted=False)
         subset = ops.take(inputs, index, axis=0)
-        out = self.block(subset, training=True)
+        out = self._block(subset, True)
         if self.scale_by_keep:
             out = out * ops.cast(scale, out.dtype)
-        updated = subset + ops.cast(out, inputs.dtype)
+        updated = subset + out
         return ops.scatter_update(inputs, ops.expand_dims(index, -1), updated)
 
     def compute_output_shape(self, input_shape):

@@ -1,0 +1,74 @@
+"""Tests for keras_regularize.layers.StochasticDepth."""
+
+import numpy as np
+import pytest
+
+from keras_regularize.layers import StochasticDepth
+from tests import harness
+
+
+def _sum(layer, x):
+    return x[0] + x[1]
+
+
+def _paper_inference(layer, x):
+    return x[0] + (1.0 - layer.rate) * x[1]
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+def test_contract(mode):
+    harness.assert_layer_contract(
+        StochasticDepth,
+        {"rate": 0.4, "mode": mode},
+        [(5,), (5,)],
+        inference=_sum,
+    )
+
+
+def test_contract_paper_form():
+    harness.assert_layer_contract(
+        StochasticDepth,
+        {"rate": 0.4, "scale_by_keep": False},
+        [(3, 2), (3, 2)],
+        inference=_paper_inference,
+    )
+
+
+@pytest.mark.parametrize("scale_by_keep", [True, False])
+def test_training_adds_a_dropped_or_kept_residual(scale_by_keep):
+    rate, n = 0.3, 2000
+    rng = np.random.default_rng(0)
+    shortcut = rng.normal(size=(n, 4)).astype("float32")
+    residual = rng.normal(size=(n, 4)).astype("float32")
+    layer = StochasticDepth(rate, scale_by_keep=scale_by_keep, seed=2)
+    branch = harness.to_numpy(layer([shortcut, residual], training=True))
+    branch = branch - shortcut
+    scale = 1.0 / (1.0 - rate) if scale_by_keep else 1.0
+    dropped = np.all(np.abs(branch) < 1e-6, axis=1)
+    kept = np.all(np.isclose(branch, residual * scale, atol=1e-5), axis=1)
+    assert np.all(dropped | kept)
+    assert harness.binomial_ok(dropped.sum(), n, rate)
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (np.ones((2, 3), "float32"), "a list of two tensors"),
+        ([np.ones((2, 3), "float32")], "a list of two tensors"),
+        ([np.ones((2, 3), "float32")] * 3, "a list of two tensors"),
+        (
+            [np.ones((2, 3), "float32"), np.ones((2, 4), "float32")],
+            r"same shape.*\(2, 3\) and \(2, 4\)",
+        ),
+    ],
+)
+def test_bad_inputs(inputs, message):
+    with pytest.raises(ValueError, match=message):
+        StochasticDepth(0.1)(inputs)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="Received: rate=1"):
+        StochasticDepth(1)
+    with pytest.raises(ValueError, match="Received: mode='rows'"):
+        StochasticDepth(0.1, mode="rows")

@@ -1,0 +1,163 @@
+"""Tests for keras_regularize.layers.StochasticResidual."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_regularize.layers import StochasticResidual
+from tests import harness
+
+
+def _residual(layer, x):
+    return x + harness.to_numpy(layer.block(x))
+
+
+@pytest.mark.parametrize("mode", ["batch", "subset", "row"])
+def test_contract(mode):
+    harness.assert_layer_contract(
+        StochasticResidual,
+        lambda: {"block": keras.layers.Dense(5), "rate": 0.4, "mode": mode},
+        (5,),
+        inference=_residual,
+    )
+
+
+def test_contract_with_a_nested_model_block():
+    def kwargs():
+        block = keras.Sequential(
+            [keras.layers.Dense(8, activation="relu"), keras.layers.Dense(4)]
+        )
+        return {"block": block, "rate": 0.3, "scale_by_keep": False}
+
+    harness.assert_layer_contract(
+        StochasticResidual,
+        kwargs,
+        (3, 4),
+        inference=lambda layer, x: x + 0.7 * harness.to_numpy(layer.block(x)),
+    )
+
+
+class Counting(keras.layers.Layer):
+    """A block that counts how often its `call` runs (eager only)."""
+
+    calls = 0
+
+    def call(self, inputs):
+        Counting.calls += 1
+        return inputs * 2.0
+
+
+def test_batch_mode_skips_or_runs_the_block_for_the_whole_batch():
+    rate, calls = 0.9, 300
+    Counting.calls = 0
+    layer = StochasticResidual(Counting(), rate=rate, seed=5)
+    x = np.ones((6, 3), "float32")
+    layer(x, training=False)  # builds; one call
+    start = Counting.calls
+    kept = 0
+    for _ in range(calls):
+        y = harness.to_numpy(layer(x, training=True))
+        if np.array_equal(y, x):
+            continue
+        np.testing.assert_allclose(y, x + 2.0 / (1.0 - rate), rtol=1e-6)
+        kept += 1
+    assert harness.binomial_ok(kept, calls, 1.0 - rate)
+    if harness.BACKEND == "torch":
+        # Eager torch runs only the taken branch: the block ran exactly for
+        # the kept batches. (JAX and TensorFlow stage both branches of the
+        # cond once; the benchmark shows the time saved there.)
+        assert Counting.calls - start == kept
+
+
+def test_batch_mode_updates_block_state_only_when_kept():
+    block = keras.Sequential([keras.layers.BatchNormalization(momentum=0.5)])
+    layer = StochasticResidual(block, rate=0.5, seed=1)
+    x = np.random.default_rng(0).normal(3.0, 1.0, (16, 4)).astype("float32")
+    layer(x, training=False)
+    mean = block.layers[0].moving_mean
+    changed = kept = 0
+    for _ in range(40):
+        before = harness.to_numpy(mean).copy()
+        y = harness.to_numpy(layer(x, training=True))
+        moved = not np.array_equal(before, harness.to_numpy(mean))
+        is_kept = not np.array_equal(y, x)
+        assert moved == is_kept
+        kept += is_kept
+        changed += moved
+    assert 0 < kept < 40 and changed == kept
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_batch_mode_trains_block_state_inside_fit(jit):
+    block = keras.Sequential(
+        [
+            keras.layers.Dense(4),
+            keras.layers.BatchNormalization(),
+            keras.layers.Dropout(0.2),
+        ]
+    )
+    inputs = keras.Input((4,))
+    outputs = StochasticResidual(block, rate=0.0, seed=0)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(outputs))
+    model.compile("sgd", "mse", jit_compile=jit)
+    bn = block.layers[1]
+    before = harness.to_numpy(bn.moving_mean).copy()
+    kernel = harness.to_numpy(block.layers[0].kernel).copy()
+    x = np.random.default_rng(0).normal(2.0, 1.0, (32, 4)).astype("float32")
+    model.fit(x, np.ones((32, 1), "float32"), batch_size=8, verbose=0)
+    assert not np.array_equal(before, harness.to_numpy(bn.moving_mean))
+    assert not np.array_equal(kernel, harness.to_numpy(block.layers[0].kernel))
+
+
+def test_subset_mode_runs_the_block_on_a_fixed_size_subset():
+    rate, batch = 0.3, 10
+    size = 7  # max(1, floor(10 * 0.7))
+    block = keras.layers.Dense(
+        3, kernel_initializer="ones", bias_initializer="ones"
+    )
+    layer = StochasticResidual(block, rate=rate, mode="subset", seed=3)
+    x = np.random.default_rng(2).normal(size=(batch, 3)).astype("float32")
+    full = x + harness.to_numpy(block(x)) * (batch / size)
+    picked = []
+    for _ in range(20):
+        y = harness.to_numpy(layer(x, training=True))
+        same = np.all(y == x, axis=1)
+        ran = np.all(np.isclose(y, full, rtol=1e-5, atol=1e-5), axis=1)
+        assert np.all(same ^ ran) and ran.sum() == size
+        picked.append(ran)
+    # The subset changes between steps and covers every sample.
+    assert np.all(np.any(picked, axis=0))
+    assert len({tuple(p) for p in picked}) > 1
+
+
+def test_subset_mode_keeps_at_least_one_sample():
+    layer = StochasticResidual(keras.layers.Dense(2), rate=0.9, mode="subset")
+    x = np.ones((1, 2), "float32")
+    y = harness.to_numpy(layer(x, training=True))
+    assert not np.array_equal(y, x)
+
+
+def test_block_with_a_different_output_shape_fails_at_build():
+    layer = StochasticResidual(keras.layers.Dense(3), rate=0.1)
+    with pytest.raises(
+        ValueError,
+        match=r"argument `block`.*\(None, 5\) to "
+        r"\(None, 3\)",
+    ):
+        layer.build((None, 5))
+    with pytest.raises(ValueError, match="argument `block`"):
+        StochasticResidual(keras.layers.Dense(3))(keras.Input((5,)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"block": "dense"}, "argument `block`.*Received: block='dense'"),
+        ({"rate": 1.0}, "Received: rate=1.0"),
+        ({"mode": "row-wise"}, "Received: mode='row-wise'"),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    kwargs = {"block": keras.layers.Dense(2), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        StochasticResidual(**kwargs)
