@@ -49,7 +49,7 @@ class DropBlock2D(RateLayer):
 
     >>> layer = keras_regularize.layers.DropBlock2D(
     ...     rate=0.2, block_size=3, data_format="channels_last", seed=0)
-    >>> layer(keras.ops.ones((2, 10, 6, 4)), training=True).shape
+    >>> tuple(layer(keras.ops.ones((2, 10, 6, 4)), training=True).shape)
     (2, 10, 6, 4)
 
     References:

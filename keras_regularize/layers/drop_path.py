@@ -74,7 +74,7 @@ class DropPath(RateLayer):
     >>> sorted(set(keras.ops.convert_to_numpy(y).ravel().tolist())) in (
     ...     [0.0], [2.0], [0.0, 2.0])
     True
-    >>> layer(keras.ops.ones((8, 4)), training=False).shape
+    >>> tuple(layer(keras.ops.ones((8, 4)), training=False).shape)
     (8, 4)
 
     References:

@@ -63,7 +63,7 @@ class StochasticResidual(RateLayer):
 
     >>> block = keras.layers.Dense(4)
     >>> layer = keras_regularize.layers.StochasticResidual(block, rate=0.2)
-    >>> layer(keras.ops.ones((2, 4)), training=True).shape
+    >>> tuple(layer(keras.ops.ones((2, 4)), training=True).shape)
     (2, 4)
 
     References:
