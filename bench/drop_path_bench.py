@@ -128,9 +128,7 @@ def residual_mlp(kind, width, depth=12, max_rate=0.5):
             ]
         )
         if kind == "DropPath (row, multiply)":
-            x = keras.layers.Add()(
-                [x, layers.DropPath(rate, seed=i)(block(x))]
-            )
+            x = keras.layers.Add()([x, layers.DropPath(rate, seed=i)(block(x))])
         elif kind == "plain (no drop)":
             x = keras.layers.Add()([x, block(x)])
         else:
@@ -138,7 +136,8 @@ def residual_mlp(kind, width, depth=12, max_rate=0.5):
             x = layers.StochasticResidual(block, rate, mode=mode, seed=i)(x)
     model = keras.Model(inputs, keras.layers.Dense(10)(x))
     model.compile(
-        "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        "adam",
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         jit_compile=JIT,
     )
     return model
@@ -169,14 +168,17 @@ def depth_step_times():
         times[kind] = _harness.timeit(run, warmup=2, runs=10) / steps
     base = times["DropPath (row, multiply)"]
     return [
-        [kind, f"{t * 1e3:.1f}", f"{base / t:.2f}x"] for kind, t in times.items()
+        [kind, f"{t * 1e3:.1f}", f"{base / t:.2f}x"]
+        for kind, t in times.items()
     ]
 
 
 def main():
-    shapes = [(8, 197, 384), (8, 56, 56, 96)] if SMOKE else [
-        (64, 197, 384), (64, 56, 56, 96)
-    ]
+    shapes = (
+        [(8, 197, 384), (8, 56, 56, 96)]
+        if SMOKE
+        else [(64, 197, 384), (64, 56, 56, 96)]
+    )
     rows = []
     for shape in shapes:
         rows += residual_step_times(shape)

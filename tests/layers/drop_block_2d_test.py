@@ -115,3 +115,22 @@ def test_bad_inputs(kwargs, shape, message):
         kwargs = {"data_format": "channels_last", **kwargs}
         layer = DropBlock2D(**kwargs)
         layer(np.ones(shape, "float32"), training=True)
+
+
+def test_keras_run_layer_test_cross_check():
+    from keras.src.testing import test_case
+
+    test_case.TestCase().run_layer_test(
+        DropBlock2D,
+        init_kwargs={
+            "rate": 0.2,
+            "block_size": 3,
+            "data_format": "channels_last",
+            "seed": 1,
+        },
+        input_shape=(2, 7, 5, 3),
+        expected_output_shape=(2, 7, 5, 3),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=1,
+        expected_num_seed_generators=1,
+    )

@@ -72,3 +72,20 @@ def test_bad_arguments():
         StochasticDepth(1)
     with pytest.raises(ValueError, match="Received: mode='rows'"):
         StochasticDepth(0.1, mode="rows")
+
+
+def test_keras_run_layer_test_cross_check():
+    from keras.src.testing import test_case
+
+    test_case.TestCase().run_layer_test(
+        StochasticDepth,
+        init_kwargs={"rate": 0.3, "seed": 1},
+        input_shape=[(2, 3, 4), (2, 3, 4)],
+        expected_output_shape=(2, 3, 4),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=1,
+        expected_num_seed_generators=1,
+        # Keras's own training check cannot build its tf.data pipeline for
+        # list inputs on TensorFlow; our contract trains this layer there.
+        run_training_check=harness.BACKEND != "tensorflow",
+    )

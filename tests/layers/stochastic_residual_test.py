@@ -161,3 +161,23 @@ def test_bad_arguments(kwargs, message):
     kwargs = {"block": keras.layers.Dense(2), **kwargs}
     with pytest.raises(ValueError, match=message):
         StochasticResidual(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["batch", "subset"])
+def test_keras_run_layer_test_cross_check(mode):
+    from keras.src.testing import test_case
+
+    test_case.TestCase().run_layer_test(
+        StochasticResidual,
+        init_kwargs={
+            "block": keras.layers.Dense(4),
+            "rate": 0.3,
+            "mode": mode,
+            "seed": 1,
+        },
+        input_shape=(2, 4),
+        expected_output_shape=(2, 4),
+        expected_num_trainable_weights=2,
+        expected_num_non_trainable_weights=1,
+        expected_num_seed_generators=1,
+    )
