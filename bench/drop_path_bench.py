@@ -104,7 +104,9 @@ def residual_step_times(shape):
         model = keras.Model(inputs, out)
         try:
             model.compile("sgd", "mse", jit_compile=JIT)
-            times[name] = _harness.timeit(lambda: model.train_on_batch(x, y))
+            times[name] = _harness.timeit(
+                lambda m=model: m.train_on_batch(x, y)
+            )
         except Exception as e:  # noqa: BLE001 - report, don't hide
             times[name] = None
             print(f"{name} failed: {type(e).__name__}: {str(e)[:200]}")
