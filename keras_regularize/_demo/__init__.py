@@ -1,0 +1,1 @@
+"""The `keras-regularize` demo: regularization on real handwritten digits."""
