@@ -99,3 +99,11 @@ def examples(session, backend):
     for script in sorted(os.listdir("examples")):
         if script.endswith(".py"):
             session.run("python", os.path.join("examples", script))
+
+
+@nox.session(python=PYTHON, default=False)
+def docs(session):
+    """Build the documentation site with mkdocs --strict."""
+    session.install(*DOCS_DEPS)
+    session.env["NO_MKDOCS_2_WARNING"] = "1"
+    session.run("mkdocs", "build", "--strict", "-d", "site", *session.posargs)
