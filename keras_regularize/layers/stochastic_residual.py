@@ -138,6 +138,8 @@ class StochasticResidual(RateLayer):
         keep_prob = self._keep_prob()
         u = keras.random.uniform((), dtype="float32", seed=self.seed_generator)
         keep = u < keep_prob
+        if keras.config.backend() == "torch":
+            return self._call_batch_eager(inputs, keep, keep_prob)
         trainable = self.block.trainable_variables
         stateful = self.block.non_trainable_variables
         # Current values, read outside the cond (tracers under JAX jit).
@@ -156,23 +158,35 @@ class StochasticResidual(RateLayer):
             for variable, value in zip(stateful, state):
                 current = scope.get_current_value(variable)
                 new_state.append(value if current is None else current)
-            if self.scale_by_keep:
-                out = out / ops.cast(keep_prob, out.dtype)
-            return inputs + out, new_state
+            return inputs + self._scale(out, keep_prob), new_state
 
         def skip_block():
-            if keras.config.backend() == "torch" and weights:
-                # Torch leaves the gradient of an unused weight as None, and
-                # Keras then warns and skips the update; a zero-weighted sum
-                # gives zero gradients, as the compiled backends produce.
-                zero = sum(ops.sum(ops.cast(w, "float32")) for w in weights)
-                return inputs + ops.cast(zero * 0.0, inputs.dtype), state
             return inputs, state
 
         outputs, new_state = ops.cond(keep, run_block, skip_block)
         for variable, value in zip(stateful, new_state):
             variable.assign(value)
         return outputs
+
+    def _call_batch_eager(self, inputs, keep, keep_prob):
+        # Torch runs eagerly (a compiled torch step breaks its graph at this
+        # data-dependent branch), so only the taken branch executes and the
+        # block may update its state directly.
+        if bool(keep):
+            return inputs + self._scale(self._block(inputs, True), keep_prob)
+        # Unused weights would get `None` gradients, which Keras warns about
+        # and skips; a zero-weighted sum gives the zero gradients that the
+        # compiled backends produce, at the cost of one pass over the weights.
+        weights = self.block.trainable_weights
+        if not weights:
+            return inputs
+        zero = sum(ops.sum(ops.cast(w, "float32")) for w in weights) * 0.0
+        return inputs + ops.cast(zero, inputs.dtype)
+
+    def _scale(self, out, keep_prob):
+        if self.scale_by_keep:
+            return out / ops.cast(keep_prob, out.dtype)
+        return out
 
     def _call_subset(self, inputs):
         batch = ops.shape(inputs)[0]
