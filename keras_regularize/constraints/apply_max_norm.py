@@ -25,11 +25,11 @@ _RULES = (
     ((L.Conv3DTranspose,), [("kernel_constraint", "kernel", (0, 1, 2, 4))]),
     (
         (L.DepthwiseConv1D,),
-        [("depthwise_constraint", "depthwise_kernel", (0,))],
+        [("depthwise_constraint", "kernel", (0,))],
     ),
     (
         (L.DepthwiseConv2D,),
-        [("depthwise_constraint", "depthwise_kernel", (0, 1))],
+        [("depthwise_constraint", "kernel", (0, 1))],
     ),
     (
         (L.SeparableConv1D,),
