@@ -6,6 +6,7 @@ import os
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_regularize._export import export
@@ -17,12 +18,23 @@ MODES = ("auto", "min", "max")
 # Monitored names that are better when larger, for `mode="auto"`.
 _MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "iou", "psnr")
 _SUFFIX = ".weights.h5"
+# Attribute marking our wrapper around `model.train_function`.
+_GUARD = "_early_stopping_restore_guard"
 
 
 def _finite_or_none(name, value):
     if value is None:
         return None
     return check_number(name, value)
+
+
+def _snapshot_kind():
+    """How best weights are kept on this backend and device (see below)."""
+    if keras.backend.backend() != "jax":
+        return "variable"
+    devices = keras.distribution.list_devices()
+    on_cpu = all(str(d).lower().startswith("cpu") for d in devices)
+    return "host" if on_cpu else "copy"
 
 
 def _ends_epoch(error):
@@ -46,9 +58,12 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     infinite value never becomes the best; with `check_finite=True` it stops
     training at once.
 
-    With `restore_best=True` the best weights are kept as on-device copies
-    (one `keras.ops.copy` per variable at each improvement, no trip to host
-    memory) and assigned back whenever training ends: early stop, threshold,
+    With `restore_best=True` the best weights are copied on the device that
+    holds them at each improvement, with no trip to host memory: into
+    buffers reused across improvements on TensorFlow and PyTorch, with
+    `keras.ops.copy` under JAX on accelerators, and into reused numpy
+    buffers under JAX on CPU (where the host is the device). They are
+    assigned back whenever training ends: early stop, threshold,
     non-finite value, last epoch. When `fit` is left by an exception or a
     `KeyboardInterrupt` raised inside a training step, the weights are
     restored automatically on every backend. Keras calls no callback hook
@@ -164,8 +179,6 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             name = monitor.lower()
             mode = "max" if any(h in name for h in _MAX_HINTS) else "min"
         self._sign = 1.0 if mode == "min" else -1.0
-        self._variables = None
-        self._best_values = None
         self._active = False
         self._reset()
 
@@ -182,6 +195,8 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         self._warned = False
         self._variables = None
         self._best_values = None
+        self._kind = None
+        self._owns_buffers = False
 
     def _better(self, a, b):
         """Whether `a` is at least as good as `b` (no `min_delta`)."""
@@ -261,11 +276,17 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         """
         if self._best_values is None:
             return False
-        copy = keras.backend.backend() == "jax"
         for variable, value in zip(self._variables, self._best_values):
-            # On JAX `assign` stores the array itself and the next `fit`
-            # donates (deletes) it, so hand over a copy and keep ours.
-            variable.assign(ops.copy(value) if copy else value)
+            if self._kind == "copy":
+                # `assign` stores the array itself, and the next `fit`
+                # donates it: hand over a copy and keep ours.
+                value = ops.copy(value)
+            elif self._kind == "variable":
+                value = value.value
+            variable.assign(value)
+        # JAX may alias a numpy buffer it was given; never write into it
+        # again.
+        self._owns_buffers = False
         self.restored = True
         if self.verbose:
             print(
@@ -314,12 +335,39 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     def _keep_best(self):
         if self._variables is None:
             self._variables = list(self.model.weights)
-        # A device-side copy: JAX donates the arrays to the next train step,
-        # and TF/torch variables update their buffers in place, so a plain
-        # reference would be deleted or overwritten.
-        self._best_values = [
-            ops.copy(ops.stop_gradient(v.value)) for v in self._variables
-        ]
+            self._kind = _snapshot_kind()
+        variables, best = self._variables, self._best_values
+        if self._kind == "copy":
+            # JAX on an accelerator: arrays are immutable but the next
+            # train step donates (deletes) them, so keep a device copy.
+            self._best_values = [
+                ops.copy(ops.stop_gradient(v.value)) for v in variables
+            ]
+        elif self._kind == "host":
+            # JAX on CPU, where the host is the device: numpy copies into
+            # buffers reused at each improvement (XLA's CPU copy is several
+            # times slower than numpy's, and reuse avoids page faults).
+            if best is None or not self._owns_buffers:
+                self._best_values = [np.array(v.value) for v in variables]
+            else:
+                for buffer, v in zip(best, variables):
+                    np.copyto(buffer, np.asarray(v.value))
+            self._owns_buffers = True
+        elif best is None:
+            # TF and torch: variables update their buffers in place, so
+            # keep our own non-trainable variables and assign into them.
+            self._best_values = [
+                keras.Variable(
+                    ops.copy(ops.stop_gradient(v.value)),
+                    dtype=v.dtype,
+                    trainable=False,
+                    name=f"best_{i}",
+                )
+                for i, v in enumerate(variables)
+            ]
+        else:
+            for snapshot, v in zip(best, variables):
+                snapshot.assign(v.value)
 
     def _after_error(self):
         if not self._active:
@@ -338,8 +386,15 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
 
     def _install_step_guard(self):
         model = self.model
-        self._remove_step_guard()
         step = getattr(model, "train_function", None)
+        # Drop guards left by callbacks no longer training (an exception
+        # outside the step skips `on_train_end`); they only pass through.
+        while step is not None and hasattr(step, _GUARD):
+            owner, inner = getattr(step, _GUARD)
+            if owner._active and owner is not self:
+                break
+            step = inner
+        model.train_function = step
         if step is None:
             return
 
@@ -351,17 +406,14 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
                     self._after_error()
                 raise
 
-        guarded._early_stopping_restore_step = step
+        setattr(guarded, _GUARD, (self, step))
         model.train_function = guarded
 
     def _remove_step_guard(self):
-        model = self.model
-        if model is None:
-            return
-        step = getattr(model, "train_function", None)
-        original = getattr(step, "_early_stopping_restore_step", None)
-        if original is not None:
-            model.train_function = original
+        step = getattr(self.model, "train_function", None)
+        guard = getattr(step, _GUARD, None)
+        if guard is not None and guard[0] is self:
+            self.model.train_function = guard[1]
 
     def _check_writable(self):
         directory = os.path.dirname(os.path.abspath(self.checkpoint_path))

@@ -263,19 +263,38 @@ def test_missing_monitor_raises_when_strict():
         _run([1.0], monitor="val_acc", strict=True)
 
 
-def test_best_weights_stay_on_device():
+def test_best_weights_stay_on_device_in_reused_buffers():
     model = _model()
     model.get_weights = None  # any host round trip would fail
     stop = EarlyStoppingRestore(monitor="loss", patience=5)
     x, y = _data()
-    model.fit(x, y, epochs=3, callbacks=[stop], verbose=0)
-    assert stop.restored and len(stop._best_values) == len(model.weights)
-    for value, variable in zip(stop._best_values, model.weights):
-        assert not isinstance(value, np.ndarray)
+    first = []
+
+    class Grab(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                first.extend(stop._best_values)
+
+    model.fit(x, y, epochs=3, callbacks=[stop, Grab()], verbose=0)
+    assert stop.best_epoch == 2 and stop.restored
+    values = stop._best_values
+    assert len(values) == len(model.weights)
+    on_cpu = (
+        all(d.startswith("cpu") for d in keras.distribution.list_devices())
+        if BACKEND == "jax"
+        else False
+    )
+    for value, early, variable in zip(values, first, model.weights):
         assert tuple(value.shape) == tuple(variable.shape)
+        if BACKEND == "jax" and on_cpu:
+            assert isinstance(value, np.ndarray)  # the CPU is the device
+        else:
+            assert not isinstance(value, np.ndarray)
+        if BACKEND != "jax" or on_cpu:
+            assert value is early  # the same buffers, updated in place
         if BACKEND == "torch":
-            assert value.data_ptr() != variable.value.data_ptr()
-            assert not value.requires_grad
+            assert value.value.data_ptr() != variable.value.data_ptr()
+            assert not value.value.requires_grad
 
 
 def test_guard_is_removed_after_fit():
@@ -284,7 +303,7 @@ def test_guard_is_removed_after_fit():
     stop = EarlyStoppingRestore(monitor="loss")
     model.fit(x, y, epochs=1, callbacks=[stop], verbose=0)
     step = model.train_function
-    assert not hasattr(step, "_early_stopping_restore_step")
+    assert not hasattr(step, "_early_stopping_restore_guard")
     model.fit(x, y, epochs=1, callbacks=[stop], verbose=0)
     assert model.train_function is step
 
@@ -321,7 +340,7 @@ def test_interrupt_inside_a_train_step_restores_automatically():
     assert len(script.weights) == 3
     assert stop.stop_reason == "interrupted" and stop.restored
     _assert_weights(model, script.weights[1])
-    assert not hasattr(model.train_function, "_early_stopping_restore_step")
+    assert not hasattr(model.train_function, "_early_stopping_restore_guard")
     # The model trains again afterwards.
     model.fit(x, y, epochs=1, batch_size=4, verbose=0)
 
@@ -462,3 +481,33 @@ def test_on_device_copy_survives_training():
     assert _differs(model.get_weights(), host)
     for value, expected in zip(kept, host):
         np.testing.assert_array_equal(ops.convert_to_numpy(value), expected)
+
+
+def test_accelerator_copy_path(monkeypatch):
+    # JAX on GPU/TPU keeps `keras.ops.copy` arrays; exercise that path here.
+    from keras_regularize.callbacks import early_stopping_restore as module
+
+    monkeypatch.setattr(module, "_snapshot_kind", lambda: "copy")
+    model, script, stop = _run(
+        [3.0, 1.0, 2.0, 2.5], model=_model(jit_modes()[-1]), patience=2
+    )
+    assert stop._kind == "copy" and stop.stop_reason == "patience"
+    _assert_weights(model, script.weights[1])
+    model.fit(*_data(), epochs=1, verbose=0)  # restored arrays not donated
+    assert stop.restore()
+    _assert_weights(model, script.weights[1])
+
+
+def test_two_instances_on_one_model():
+    model = _model(jit_modes()[-1])
+    script = Script([3.0, 1.0, 2.0, 0.5])
+    a = EarlyStoppingRestore(patience=5)
+    b = EarlyStoppingRestore(monitor="loss", restore_best=False)
+    x, y = _data()
+    model.fit(x, y, epochs=4, callbacks=[script, a, b], verbose=0)
+    _assert_weights(model, script.weights[3])
+    assert b.best_epoch is not None
+    # A stale guard only passes through, and the next fit drops it.
+    model.fit(x, y, epochs=1, callbacks=[a], verbose=0)
+    step = model.train_function
+    assert not hasattr(step, "_early_stopping_restore_guard")
