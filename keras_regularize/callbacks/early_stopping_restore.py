@@ -56,7 +56,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     `divergence_threshold`, or after `patience` epochs if the best value has
     not reached `baseline` (even while the run keeps improving). A NaN or
     infinite value never becomes the best; with `check_finite=True` it stops
-    training at once.
+    training at once, otherwise it counts as an epoch without improvement.
 
     With `restore_best=True` the best weights are copied on the device that
     holds them at each improvement, with no trip to host memory: into
@@ -66,7 +66,8 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     assigned back whenever training ends: early stop, threshold,
     non-finite value, last epoch. When `fit` is left by an exception or a
     `KeyboardInterrupt` raised inside a training step, the weights are
-    restored automatically on every backend. Keras calls no callback hook
+    restored automatically on every backend (the callback wraps
+    `model.train_function` while `fit` runs). Keras calls no callback hook
     for exceptions raised elsewhere (data loading, validation, other
     callbacks), so for full coverage run `fit` inside
     `with callback.restore_on_error():`, or call `callback.restore()`
@@ -147,6 +148,11 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         verbose=0,
     ):
         super().__init__()
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(
+                "Invalid value received for argument `monitor`. Expected a "
+                f"non-empty string. Received: monitor={monitor!r}"
+            )
         self.monitor = monitor
         self.mode = check_choice("mode", mode, MODES)
         self.patience = check_int("patience", patience, 0)

@@ -460,6 +460,7 @@ def test_unwritable_checkpoint_path_fails_before_training(tmp_path):
         ({"baseline": NAN}, "argument `baseline`"),
         ({"checkpoint_path": "best.h5"}, "argument `checkpoint_path`"),
         ({"verbose": 2}, "argument `verbose`"),
+        ({"monitor": None}, "argument `monitor`.*Received: monitor=None"),
     ],
 )
 def test_bad_arguments(kwargs, match):
