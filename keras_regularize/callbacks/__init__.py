@@ -1,3 +1,9 @@
 """Training callbacks."""
 
-__all__ = []
+from keras_regularize.callbacks.early_stopping_restore import (
+    EarlyStoppingRestore,
+)
+
+__all__ = [
+    "EarlyStoppingRestore",
+]

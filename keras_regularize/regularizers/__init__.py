@@ -1,3 +1,7 @@
 """Weight regularizers."""
 
-__all__ = []
+from keras_regularize.regularizers.elastic_net import ElasticNet
+
+__all__ = [
+    "ElasticNet",
+]
