@@ -1,3 +1,7 @@
 """Training callbacks."""
 
-__all__ = []
+from keras_regularize.callbacks.gradient_norm_logger import GradientNormLogger
+
+__all__ = [
+    "GradientNormLogger",
+]
