@@ -222,7 +222,8 @@ class GradientClipping(OptimizerWrapper):
         count = ops.convert_to_tensor(self.history_count, "int32")
         slot = ops.arange(size, dtype="int32")
         write = ops.logical_and(finite, ops.equal(slot, count % size))
-        history = ops.where(write, norm, self.norm_history)
+        history = ops.convert_to_tensor(self.norm_history)
+        history = ops.where(write, norm, history)
         count = count + ops.cast(finite, "int32")
         self.norm_history.assign(history)
         self.history_count.assign(count)
@@ -283,10 +284,11 @@ class GradientClipping(OptimizerWrapper):
         else:
             fired = ops.convert_to_tensor(False)
         self.gradient_norm.assign(norm)
-        self.norm_sum.assign(self.norm_sum + norm)
-        self.norm_max.assign(ops.maximum(self.norm_max, norm))
-        self.step_count.assign(self.step_count + 1)
-        self.clip_count.assign(self.clip_count + ops.cast(fired, "int32"))
+        read = ops.convert_to_tensor
+        self.norm_sum.assign(read(self.norm_sum) + norm)
+        self.norm_max.assign(ops.maximum(read(self.norm_max), norm))
+        self.step_count.assign(read(self.step_count) + 1)
+        self.clip_count.assign(read(self.clip_count) + ops.cast(fired, "int32"))
         return grads
 
     def get_config(self):
