@@ -126,7 +126,8 @@ class OptimizerWrapper(keras.optimizers.Optimizer):
         active = [
             i
             for i, (g, v) in enumerate(zip(grads, variables))
-            if g is not None and not getattr(v, "overwrite_with_gradient", False)
+            if g is not None
+            and not getattr(v, "overwrite_with_gradient", False)
         ]
         if active:
             new = self.transform_gradients(

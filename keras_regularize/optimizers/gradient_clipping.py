@@ -7,7 +7,6 @@ Papers: High-Performance Large-Scale Image Recognition Without Normalization
 
 import math
 
-import keras
 from keras import ops
 
 from keras_regularize._export import export
@@ -197,7 +196,9 @@ class GradientClipping(OptimizerWrapper):
         steps = read(self.step_count)
         stats = {
             "grad_norm": read(self.gradient_norm),
-            "grad_norm_mean": read(self.norm_sum) / steps if steps else math.nan,
+            "grad_norm_mean": read(self.norm_sum) / steps
+            if steps
+            else math.nan,
             "grad_norm_max": read(self.norm_max) if steps else math.nan,
             "clip_rate": read(self.clip_count) / steps if steps else math.nan,
             "steps": steps,

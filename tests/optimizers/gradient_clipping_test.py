@@ -129,7 +129,7 @@ def test_auto_clips_at_the_running_percentile():
     )
     v = keras.Variable(np.zeros(5, "float32"))
     seen = []
-    for step in range(7):
+    for _ in range(7):
         g = rng.normal(size=5).astype("float32") * rng.uniform(0.5, 5.0)
         before = harness.to_numpy(v)
         opt.apply([keras.ops.convert_to_tensor(g)], [v])

@@ -71,7 +71,9 @@ def test_zero_eta_trains_bit_for_bit_like_the_wrapped_optimizer(jit):
         loss="mse",
         jit_compile=jit,
     )
-    b.compile(optimizer=keras.optimizers.Adam(0.01), loss="mse", jit_compile=jit)
+    b.compile(
+        optimizer=keras.optimizers.Adam(0.01), loss="mse", jit_compile=jit
+    )
     for step in range(3):
         a.train_on_batch(x[4 * step : 4 * step + 8], y[4 * step : 4 * step + 8])
         b.train_on_batch(x[4 * step : 4 * step + 8], y[4 * step : 4 * step + 8])
