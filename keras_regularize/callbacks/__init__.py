@@ -3,7 +3,9 @@
 from keras_regularize.callbacks.early_stopping_restore import (
     EarlyStoppingRestore,
 )
+from keras_regularize.callbacks.gradient_norm_logger import GradientNormLogger
 
 __all__ = [
     "EarlyStoppingRestore",
+    "GradientNormLogger",
 ]

@@ -1,3 +1,9 @@
 """Optimizer wrappers."""
 
-__all__ = []
+from keras_regularize.optimizers.gradient_clipping import GradientClipping
+from keras_regularize.optimizers.gradient_noise import GradientNoise
+
+__all__ = [
+    "GradientClipping",
+    "GradientNoise",
+]

@@ -1,0 +1,303 @@
+"""Gradient clipping around any Keras optimizer, recording the gradient norm.
+
+Papers: High-Performance Large-Scale Image Recognition Without Normalization
+(https://arxiv.org/abs/2102.06171), for adaptive gradient clipping; AutoClip
+(https://arxiv.org/abs/2007.14469), for percentile clipping.
+"""
+
+import math
+
+from keras import ops
+
+from keras_regularize._export import export
+from keras_regularize._validation import _fail
+from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_int
+from keras_regularize._validation import check_number
+from keras_regularize.optimizers._wrapper import OptimizerWrapper
+from keras_regularize.optimizers._wrapper import global_norm
+
+METHODS = ("global_norm", "value", "agc", "auto", "none")
+DEFAULT_THRESHOLDS = {"global_norm": 1.0, "value": 1.0, "agc": 0.01}
+
+
+def _check_threshold(method, threshold):
+    if method not in DEFAULT_THRESHOLDS:
+        if threshold is not None:
+            _fail(
+                "threshold",
+                f'None with method="{method}", which sets no threshold',
+                threshold,
+            )
+        return None
+    if threshold is None:
+        return DEFAULT_THRESHOLDS[method]
+    value = check_number("threshold", threshold, low=0.0, low_open=True)
+    if math.isinf(value):
+        _fail("threshold", "a finite number > 0", threshold)
+    return value
+
+
+def _unit_norms(x):
+    """L2 norms per output unit (last axis); whole-tensor for rank <= 1."""
+    x = ops.cast(x, "float32")
+    rank = len(x.shape)
+    if rank <= 1:
+        return ops.sqrt(ops.sum(ops.square(x)))
+    axes = tuple(range(rank - 1))
+    return ops.sqrt(ops.sum(ops.square(x), axis=axes, keepdims=True))
+
+
+@export("keras_regularize.optimizers.GradientClipping")
+class GradientClipping(OptimizerWrapper):
+    """Clips gradients, records their norm, then calls an optimizer.
+
+    Every step, before clipping, the wrapper computes the global L2 norm of
+    all gradients and records it in non-trainable variables: the latest value
+    (`gradient_norm`), and since the last `reset_statistics()` their sum and
+    maximum, the number of steps and how many of them clipped
+    (`norm_statistics()` reads these as Python floats). The
+    `keras_regularize.callbacks.GradientNormLogger` callback puts them into
+    `logs` and `History`, so the typical norm can be read off before a
+    threshold is chosen. Then it clips with one of these methods:
+
+    - `"global_norm"`: rescales all gradients together so their global norm
+      is at most `threshold`; the same arithmetic as Keras's
+      `global_clipnorm`.
+    - `"value"`: clips every element to `[-threshold, threshold]`, as
+      Keras's `clipvalue`.
+    - `"agc"`: adaptive gradient clipping. For every output unit (a slice
+      along the last axis of a kernel; whole vectors for biases and
+      scales), the gradient norm is rescaled to at most
+      `threshold * max(weight norm, epsilon)`.
+    - `"auto"`: AutoClip. The global norm is clipped at the `percentile`-th
+      percentile of the norms seen so far (this step's included), kept in a
+      fixed buffer of the last `history_size` finite norms.
+    - `"none"`: records the norms and clips nothing (monitor first).
+
+    A step "clipped" when any gradient changed. Clipping acts on unscaled
+    gradients: under `"mixed_float16"`, `compile()` wraps the wrapper in a
+    `LossScaleOptimizer`, which unscales (and skips non-finite steps) first.
+    With gradient accumulation on the inner optimizer, each micro-batch's
+    gradient is clipped before it is accumulated. The wrapper otherwise
+    behaves like `keras.optimizers.LossScaleOptimizer`: learning rate and
+    `iterations` are the inner optimizer's, and it saves to `.keras` with
+    its inner optimizer and recorded state. `threshold` is held in a
+    non-trainable variable, so `optimizer.threshold = 2.0` from a callback
+    takes effect in compiled steps.
+
+    Args:
+        optimizer: The `keras.optimizers.Optimizer` to wrap (or a name or
+            config understood by `keras.optimizers.get`).
+        method: One of `"global_norm"`, `"value"`, `"agc"`, `"auto"` and
+            `"none"`. Defaults to `"global_norm"`.
+        threshold: Float > 0: the maximum global norm (`"global_norm"`),
+            absolute value (`"value"`) or ratio of gradient to weight norm
+            (`"agc"`). Must be `None` for `"auto"` and `"none"`. Defaults to
+            `None`, which means `1.0`, `1.0` and `0.01` respectively.
+        percentile: Float in `(0, 100]`, the percentile of past norms used
+            as the threshold by `"auto"`. Defaults to `10.0`.
+        history_size: Int >= 1, the number of recent norms `"auto"` keeps.
+            Defaults to `1000`.
+        epsilon: Float > 0, the smallest weight norm `"agc"` uses, so units
+            initialized at zero can still move. Defaults to `1e-3`.
+        name: Optional name of the wrapper.
+
+    Example:
+
+    >>> opt = keras_regularize.optimizers.GradientClipping(
+    ...     keras.optimizers.SGD(1.0), method="global_norm", threshold=1.0)
+    >>> w = keras.Variable(np.zeros(2, "float32"))
+    >>> opt.apply([keras.ops.convert_to_tensor([3.0, 4.0])], [w])
+    >>> float(opt.gradient_norm.numpy())  # recorded before clipping
+    5.0
+    >>> [round(float(v), 3) for v in keras.ops.convert_to_numpy(w)]  # norm 1
+    [-0.6, -0.8]
+
+    References:
+        - [Pascanu et al., 2013](https://arxiv.org/abs/1211.5063)
+        - [Brock et al., 2021](https://arxiv.org/abs/2102.06171)
+        - [Seetharaman et al., 2020](https://arxiv.org/abs/2007.14469)
+    """
+
+    def __init__(
+        self,
+        optimizer,
+        method="global_norm",
+        threshold=None,
+        percentile=10.0,
+        history_size=1000,
+        epsilon=1e-3,
+        name=None,
+    ):
+        method = check_choice("method", method, METHODS)
+        threshold = _check_threshold(method, threshold)
+        percentile = check_number(
+            "percentile", percentile, 0.0, 100.0, low_open=True
+        )
+        history_size = check_int("history_size", history_size, low=1)
+        epsilon = check_number("epsilon", epsilon, low=0.0, low_open=True)
+        super().__init__(optimizer, name=name)
+        self.method = method
+        self.percentile = percentile
+        self.history_size = history_size
+        self.epsilon = epsilon
+        self._threshold_value = threshold
+        self.threshold_variable = self._add_state(
+            "threshold", value=1.0 if threshold is None else threshold
+        )
+        self.gradient_norm = self._add_state("gradient_norm")
+        self.norm_sum = self._add_state("norm_sum")
+        self.norm_max = self._add_state("norm_max")
+        self.step_count = self._add_state("step_count", dtype="int32", value=0)
+        self.clip_count = self._add_state("clip_count", dtype="int32", value=0)
+        if method == "auto":
+            self.norm_history = self._add_state(
+                "norm_history", shape=(history_size,)
+            )
+            self.history_count = self._add_state(
+                "history_count", dtype="int32", value=0
+            )
+            self.auto_threshold = self._add_state("auto_threshold")
+
+    @property
+    def threshold(self):
+        """The clipping threshold as a Python float (`None` for auto/none)."""
+        return self._threshold_value
+
+    @threshold.setter
+    def threshold(self, value):
+        value = _check_threshold(self.method, value)
+        if value is None:
+            return
+        self.threshold_variable.assign(value)
+        self._threshold_value = value
+
+    def reset_statistics(self):
+        """Zeroes the norm sum and maximum and the step and clip counts."""
+        for v in (self.norm_sum, self.norm_max, self.step_count):
+            v.assign(ops.zeros((), v.dtype))
+        self.clip_count.assign(ops.zeros((), "int32"))
+
+    def norm_statistics(self):
+        """The recorded statistics since the last reset, as Python floats.
+
+        Returns:
+            A dict with `"grad_norm"` (the latest step's norm),
+            `"grad_norm_mean"`, `"grad_norm_max"`, `"clip_rate"` (the fraction
+            of steps that clipped), `"steps"`, and for `"auto"`
+            `"clip_threshold"` (the latest step's threshold). Means and rates
+            are NaN before the first step.
+        """
+
+        def read(v):
+            return float(ops.convert_to_numpy(v))
+
+        steps = read(self.step_count)
+        stats = {
+            "grad_norm": read(self.gradient_norm),
+            "grad_norm_mean": read(self.norm_sum) / steps
+            if steps
+            else math.nan,
+            "grad_norm_max": read(self.norm_max) if steps else math.nan,
+            "clip_rate": read(self.clip_count) / steps if steps else math.nan,
+            "steps": steps,
+        }
+        if self.method == "auto":
+            stats["clip_threshold"] = read(self.auto_threshold)
+        return stats
+
+    def _threshold_tensor(self):
+        return ops.convert_to_tensor(self.threshold_variable, "float32")
+
+    def _clip_global(self, grads, norm, threshold):
+        # Keras's `global_clipnorm` arithmetic, so results match it exactly;
+        # adding `norm - norm` turns the scale into NaN for non-finite norms.
+        scale = threshold * ops.minimum(1.0 / norm, 1.0 / threshold)
+        scale = scale + (norm - norm)
+        return [g * ops.cast(scale, g.dtype) for g in grads]
+
+    def _auto_threshold(self, norm):
+        size = self.history_size
+        finite = ops.isfinite(norm)
+        count = ops.convert_to_tensor(self.history_count, "int32")
+        slot = ops.arange(size, dtype="int32")
+        write = ops.logical_and(finite, ops.equal(slot, count % size))
+        history = ops.convert_to_tensor(self.norm_history)
+        history = ops.where(write, norm, history)
+        count = count + ops.cast(finite, "int32")
+        self.norm_history.assign(history)
+        self.history_count.assign(count)
+        # Percentile with linear interpolation (NumPy's default) over the
+        # `n` valid entries; unused slots sort last as +inf.
+        n = ops.minimum(count, size)
+        ordered = ops.sort(ops.where(slot < n, history, math.inf))
+        position = ops.maximum(
+            (self.percentile / 100.0) * ops.cast(n - 1, "float32"), 0.0
+        )
+        low = ops.cast(ops.floor(position), "int32")
+        high = ops.minimum(low + 1, ops.maximum(n - 1, 0))
+        below = ops.take(ordered, low)
+        above = ops.take(ordered, high)
+        fraction = position - ops.cast(low, "float32")
+        value = below + fraction * (above - below)
+        value = ops.where(ops.equal(fraction, 0.0), below, value)
+        threshold = ops.where(n > 0, value, math.inf)
+        self.auto_threshold.assign(threshold)
+        return threshold
+
+    def transform_gradients(self, grads, variables):
+        norm = global_norm(grads)
+        method = self.method
+        if method == "global_norm":
+            threshold = self._threshold_tensor()
+            fired = norm > threshold
+            grads = self._clip_global(grads, norm, threshold)
+        elif method == "value":
+            threshold = self._threshold_tensor()
+            peaks = [ops.max(ops.abs(ops.cast(g, "float32"))) for g in grads]
+            fired = ops.max(ops.stack(peaks)) > threshold
+            grads = [
+                ops.clip(
+                    g,
+                    ops.cast(-threshold, g.dtype),
+                    ops.cast(threshold, g.dtype),
+                )
+                for g in grads
+            ]
+        elif method == "agc":
+            factor = self._threshold_tensor()
+            clipped, flags = [], []
+            for g, w in zip(grads, variables):
+                g_norm = _unit_norms(g)
+                limit = factor * ops.maximum(_unit_norms(w), self.epsilon)
+                over = g_norm > limit
+                scale = ops.where(over, limit / ops.maximum(g_norm, 1e-6), 1.0)
+                clipped.append(g * ops.cast(scale, g.dtype))
+                flags.append(ops.any(over))
+            grads = clipped
+            fired = ops.any(ops.stack(flags))
+        elif method == "auto":
+            threshold = self._auto_threshold(norm)
+            fired = norm > threshold
+            scale = ops.where(fired, threshold / norm, 1.0) + (norm - norm)
+            grads = [g * ops.cast(scale, g.dtype) for g in grads]
+        else:
+            fired = ops.convert_to_tensor(False)
+        self.gradient_norm.assign(norm)
+        read = ops.convert_to_tensor
+        self.norm_sum.assign(read(self.norm_sum) + norm)
+        self.norm_max.assign(ops.maximum(read(self.norm_max), norm))
+        self.step_count.assign(read(self.step_count) + 1)
+        self.clip_count.assign(read(self.clip_count) + ops.cast(fired, "int32"))
+        return grads
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "method": self.method,
+            "threshold": self.threshold,
+            "percentile": self.percentile,
+            "history_size": self.history_size,
+            "epsilon": self.epsilon,
+        }

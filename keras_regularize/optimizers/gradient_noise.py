@@ -1,0 +1,107 @@
+"""Annealed Gaussian gradient noise around any Keras optimizer.
+
+Papers: Adding Gradient Noise Improves Learning for Very Deep Networks
+(https://arxiv.org/abs/1511.06807).
+"""
+
+import keras
+from keras import ops
+
+from keras_regularize._export import export
+from keras_regularize._validation import check_number
+from keras_regularize._validation import check_seed
+from keras_regularize.optimizers._wrapper import OptimizerWrapper
+
+
+@export("keras_regularize.optimizers.GradientNoise")
+class GradientNoise(OptimizerWrapper):
+    """Adds annealed Gaussian noise to the gradients, then calls an optimizer.
+
+    At step `t` (the wrapped optimizer's `iterations`, counted from 0), every
+    gradient `g` becomes `g + n` with `n ~ N(0, eta / (1 + t) ** gamma)`,
+    drawn independently per element from the wrapper's own
+    `keras.random.SeedGenerator`. The noised gradients then go to the wrapped
+    optimizer, which applies its own clipping, weight decay and update rule.
+    With `eta=0` training is exactly that of the wrapped optimizer.
+
+    The wrapper works like `keras.optimizers.LossScaleOptimizer`: learning
+    rate and `iterations` are the wrapped optimizer's, the wrapper's
+    variables (noise scale and RNG state) come first in `variables`, and it
+    saves to `.keras` with its inner optimizer. Under `"mixed_float16"`,
+    `compile()` wraps it in a `LossScaleOptimizer`, which unscales gradients
+    before the noise is added. `eta` is held in a non-trainable variable:
+    `optimizer.eta = 0.0` from a callback takes effect in compiled steps.
+
+    Args:
+        optimizer: The `keras.optimizers.Optimizer` to wrap (or a name or
+            config understood by `keras.optimizers.get`).
+        eta: Float >= 0. Noise variance at step 0. Defaults to `0.01`.
+        gamma: Float >= 0. Annealing exponent. Defaults to `0.55`.
+        seed: Optional non-negative int seeding the noise. Defaults to
+            `None`.
+        name: Optional name of the wrapper.
+
+    Example:
+
+    >>> opt = keras_regularize.optimizers.GradientNoise(
+    ...     keras.optimizers.SGD(0.1), eta=0.3, seed=0)
+    >>> w = keras.Variable(np.zeros(1000, "float32"))
+    >>> opt.apply([keras.ops.zeros(1000)], [w])
+    >>> round(float(np.std(keras.ops.convert_to_numpy(w)) / 0.1) ** 2, 1)
+    0.3
+
+    References:
+        - [Neelakantan et al., 2015](https://arxiv.org/abs/1511.06807)
+    """
+
+    def __init__(self, optimizer, eta=0.01, gamma=0.55, seed=None, name=None):
+        eta = check_number("eta", eta, low=0.0)
+        gamma = check_number("gamma", gamma, low=0.0)
+        seed = check_seed("seed", seed)
+        super().__init__(optimizer, name=name)
+        self.gamma = gamma
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        # Listed among the optimizer variables, so stateless (JAX) steps
+        # carry the RNG state and `.keras` files restore it.
+        self._track_variable(self.seed_generator.state)
+        self.eta_variable = self._add_state("eta", value=eta)
+        self._eta_value = eta
+
+    @property
+    def eta(self):
+        """The noise variance at step 0, as a Python float."""
+        return self._eta_value
+
+    @eta.setter
+    def eta(self, value):
+        value = check_number("eta", value, low=0.0)
+        self.eta_variable.assign(value)
+        self._eta_value = value
+
+    def noise_stddev(self):
+        """The standard deviation of the noise at the current step."""
+        step = ops.cast(self.iterations, "float32")
+        variance = ops.divide(
+            ops.convert_to_tensor(self.eta_variable, "float32"),
+            ops.power(1.0 + step, self.gamma),
+        )
+        return ops.sqrt(variance)
+
+    def transform_gradients(self, grads, variables):
+        stddev = self.noise_stddev()
+        noised = []
+        for g in grads:
+            noise = keras.random.normal(
+                tuple(g.shape), dtype=g.dtype, seed=self.seed_generator
+            )
+            noised.append(g + ops.cast(stddev, g.dtype) * noise)
+        return noised
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "eta": self.eta,
+            "gamma": self.gamma,
+            "seed": self.seed,
+        }
