@@ -107,9 +107,10 @@ class _TFOps:
     def value(self, variable):
         import keras
 
-        return self.tf.constant(
-            float(keras.ops.convert_to_numpy(variable)), "float32"
-        )
+        # Read on the host when the map function is traced.
+        with self.tf.init_scope():
+            value = float(keras.ops.convert_to_numpy(variable))
+        return self.tf.constant(value, "float32")
 
     def uniform(self, shape):
         return self.generator.uniform(shape, dtype="float32")

@@ -408,6 +408,8 @@ class BaseMixing(keras.layers.Layer):
         self.seed_generator = keras.random.SeedGenerator(seed)
         # Lazily holds a tf.random.Generator for tf.data under other backends.
         self._tf_data_state = {}
+        # Every variable exists now; nothing depends on the input shape.
+        self.built = True
 
     probability = _scalar_property(
         "probability",

@@ -71,19 +71,31 @@ def test_contract():
 
 
 @pytest.mark.parametrize(
-    "spatial", [(8, 8), (6, 11), (12,), (4, 5, 6)], ids=str
+    "spatial, data_format, mode",
+    [
+        ((8, 8), "channels_last", "elem"),
+        ((8, 8), "channels_first", "batch"),
+        ((6, 11), "channels_first", "elem"),
+        ((6, 11), "channels_last", "batch"),
+        ((12,), "channels_last", "elem"),
+        ((12,), "channels_first", "batch"),
+        ((4, 5, 6), "channels_first", "elem"),
+        ((4, 5, 6), "channels_last", "batch"),
+    ],
+    ids=str,
 )
-@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
-@pytest.mark.parametrize("mode", ["batch", "elem"])
 def test_label_weight_is_the_pasted_fraction(spatial, data_format, mode):
     layer = CutMixLayer(mode=mode, data_format=data_format, seed=3)
-    fraction, _ = check_exact_boxes(layer, spatial, data_format)
-    assert fraction.max() > 0.0
-    if mode == "batch":
-        # One box for the whole batch: equal areas (self-partners paste
-        # nothing visible).
-        visible = fraction[fraction > 0]
-        assert np.ptp(visible) == 0.0
+    largest = 0.0
+    for _ in range(3):  # a batch-mode draw may paste an empty box
+        fraction, _ = check_exact_boxes(layer, spatial, data_format)
+        largest = max(largest, fraction.max())
+        if mode == "batch":
+            # One box for the whole batch: equal areas (self-partners
+            # paste nothing visible).
+            visible = fraction[fraction > 0]
+            assert visible.size == 0 or np.ptp(visible) == 0.0
+    assert largest > 0.0
 
 
 def test_pair_mode_swaps_the_same_box():

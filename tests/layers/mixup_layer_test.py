@@ -65,10 +65,10 @@ def test_gamma_sampler_is_exact_on_many_draws(alpha):
     assert gamma_p > 0.01 and logit_p > 0.01
 
 
-@pytest.mark.parametrize("alpha", [0.2, 2.0])
-def test_lambda_follows_beta_inside_a_compiled_step(alpha):
+def test_lambda_follows_beta_inside_a_compiled_step():
     # XLA on TensorFlow (where keras.layers.MixUp's gamma op has no kernel)
     # and jax.jit; torch runs this eagerly.
+    alpha = 0.2
     layer = MixupLayer(alpha=alpha, mode="elem", seed=5)
 
     class Draw(keras.layers.Layer):

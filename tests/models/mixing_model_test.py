@@ -47,8 +47,14 @@ MIXERS = {
 }
 
 
-@pytest.mark.parametrize("jit", harness.jit_modes())
-@pytest.mark.parametrize("mixer", sorted(MIXERS))
+@pytest.mark.parametrize(
+    "mixer, jit",
+    [
+        ("mixup", harness.jit_modes()[0]),
+        ("cutmix", harness.jit_modes()[-1]),
+        ("random", harness.jit_modes()[-1]),
+    ],
+)
 def test_training_lowers_the_loss_with_integer_labels(mixer, jit):
     x, y = data()
     model = MixingModel(classifier(), MIXERS[mixer]())
@@ -56,14 +62,35 @@ def test_training_lowers_the_loss_with_integer_labels(mixer, jit):
         optimizer=keras.optimizers.Adam(0.05), loss=sparse_ce(), jit_compile=jit
     )
     before = model.evaluate(x, y, verbose=0)
-    model.fit(x, y, batch_size=16, epochs=8, verbose=0)
+    model.fit(x, y, batch_size=16, epochs=5, verbose=0)
     after = model.evaluate(x, y, verbose=0)
     assert after < before - 0.1, (before, after)
 
 
-def hand_loss(model, mixer_factory, x, y, one_hot=False):
+class Draw(keras.layers.Layer):
+    def __init__(self, mixer):
+        super().__init__()
+        self.mixer = mixer
+
+    def call(self, x):
+        return self.mixer.mix_images(x)
+
+
+def twin_draws(mixer_factory, x, jit):
+    """The draws a fresh mixer makes, compiled as the training step was.
+
+    TensorFlow's random ops give different streams under XLA and outside
+    it, so the twin must run the same way as the step it reproduces.
+    """
+    inputs = keras.Input(x.shape[1:])
+    model = keras.Model(inputs, Draw(mixer_factory())(inputs))
+    model.compile(jit_compile=jit)
+    return model.predict(x, batch_size=len(x), verbose=0)
+
+
+def hand_loss(model, mixer_factory, x, y, one_hot=False, jit=False):
     """lam * CE(y_i) + (1 - lam) * CE(y_j), with a twin mixer's draws."""
-    mixed, lam, partner = mixer_factory().mix_images(x)
+    mixed, lam, partner = twin_draws(mixer_factory, x, jit)
     logits = harness.to_numpy(model.model(mixed, training=False))
     logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     lam, partner = harness.to_numpy(lam), harness.to_numpy(partner)
@@ -73,8 +100,11 @@ def hand_loss(model, mixer_factory, x, y, one_hot=False):
     return float(np.mean(lam * own + (1 - lam) * other)), lam
 
 
-@pytest.mark.parametrize("jit", harness.jit_modes())
-@pytest.mark.parametrize("one_hot", [False, True], ids=["sparse", "onehot"])
+@pytest.mark.parametrize(
+    "one_hot, jit",
+    [(False, j) for j in harness.jit_modes()]
+    + [(True, harness.jit_modes()[-1])],
+)
 def test_step_loss_is_the_two_term_formula(one_hot, jit):
     x, y = data(n=16)
     factory = MIXERS["cutmix" if one_hot else "mixup"]
@@ -91,7 +121,7 @@ def test_step_loss_is_the_two_term_formula(one_hot, jit):
     history = model.fit(
         x, labels, batch_size=16, epochs=1, verbose=0, shuffle=False
     )
-    expected, lam = hand_loss(model, factory, x, labels, one_hot)
+    expected, lam = hand_loss(model, factory, x, labels, one_hot, jit)
     assert np.ptp(lam) > 0.1  # samples really were mixed differently
     np.testing.assert_allclose(history.history["loss"][0], expected, 1e-4)
 
@@ -122,10 +152,17 @@ def test_regularization_losses_count_once():
         ]
     )
     model = MixingModel(inner, MixupLayer(alpha=1.0, mode="elem", seed=1))
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce())
+    jit = harness.jit_modes()[-1]
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce(), jit_compile=jit
+    )
     history = model.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
     expected, _ = hand_loss(
-        model, lambda: MixupLayer(alpha=1.0, mode="elem", seed=1), x, y
+        model,
+        lambda: MixupLayer(alpha=1.0, mode="elem", seed=1),
+        x,
+        y,
+        jit=jit,
     )
     penalty = 10.0 * float(
         np.sum(harness.to_numpy(inner.layers[-1].kernel) ** 2)
@@ -141,14 +178,18 @@ def test_label_smoothing_applies_to_float_labels():
     model = MixingModel(
         classifier(), MixupLayer(label_smoothing=0.3, mode="elem", seed=1)
     )
+    jit = harness.jit_modes()[-1]
     model.compile(
         optimizer=keras.optimizers.SGD(0.0),
         loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        jit_compile=jit,
     )
     history = model.fit(
         x, labels, batch_size=16, epochs=1, verbose=0, shuffle=False
     )
-    mixed, lam, partner = MixupLayer(mode="elem", seed=1).mix_images(x)
+    mixed, lam, partner = twin_draws(
+        lambda: MixupLayer(mode="elem", seed=1), x, jit
+    )
     logits = harness.to_numpy(model.model(mixed))
     logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
     smooth = labels * 0.7 + 0.1
