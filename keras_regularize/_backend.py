@@ -7,6 +7,17 @@ function.
 """
 
 
+def torch_lerp(start, end, weight):
+    """`start + weight * (end - start)` in one pass (torch eager fast path).
+
+    Exact at `weight` 0 and 1, which the mixing layers rely on for samples
+    left unmixed.
+    """
+    import torch
+
+    return torch.lerp(start, end, weight)
+
+
 def tf_mixing_ops(layer):
     """TensorFlow operations for a mixing layer inside `tf.data`.
 
@@ -111,6 +122,9 @@ class _TFOps:
         with self.tf.init_scope():
             value = float(keras.ops.convert_to_numpy(variable))
         return self.tf.constant(value, "float32")
+
+    def blend(self, x, x_partner, w):
+        return x * w + x_partner * (1.0 - w)
 
     def uniform(self, shape):
         return self.generator.uniform(shape, dtype="float32")

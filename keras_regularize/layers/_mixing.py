@@ -83,6 +83,15 @@ class KerasOps:
     def value(variable):
         return ops.convert_to_tensor(variable, dtype="float32")
 
+    @staticmethod
+    def blend(x, x_partner, w):
+        """`w * x + (1 - w) * x_partner`, exact for `w` in `{0, 1}`."""
+        if keras.config.backend() == "torch":
+            from keras_regularize import _backend
+
+            return _backend.torch_lerp(x_partner, x, w)
+        return x * w + x_partner * (1.0 - w)
+
     def uniform(self, shape):
         return keras.random.uniform(
             shape, dtype="float32", seed=self.seed_generator
@@ -274,7 +283,7 @@ def mix_batch(
         w = xp.cast(lam_m, x.dtype)
         lam = xp.cast(w, "float32")
         w = xp.reshape(w, bshape)
-        out = x * w + x_partner * (1.0 - w)
+        out = xp.blend(x, x_partner, w)
     if cutmix_alpha is not None:
         if minmax is None:
             lam_c = per_pair(sample_beta(xp, cutmix_alpha, n))
