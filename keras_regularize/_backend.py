@@ -59,6 +59,12 @@ class _TFOps:
     def convert(self, x):
         return self.tf.convert_to_tensor(x)
 
+    def argmax(self, x, axis):
+        return self.tf.argmax(x, axis=axis, output_type="int32")
+
+    def take_along_axis(self, x, indices, axis):
+        return self.tf.experimental.numpy.take_along_axis(x, indices, axis)
+
     def argsort(self, x):
         return self.tf.argsort(x)
 

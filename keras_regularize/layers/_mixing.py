@@ -59,6 +59,9 @@ class KerasOps:
     logical_and = staticmethod(ops.logical_and)
     logical_not = staticmethod(ops.logical_not)
 
+    argmax = staticmethod(ops.argmax)
+    take_along_axis = staticmethod(ops.take_along_axis)
+
     @staticmethod
     def arange(n):
         return ops.arange(n, dtype="int32")
@@ -124,9 +127,9 @@ def log_gamma(xp, alpha, shape):
     # log(0) = -inf accepts, as the (measure-zero) u = 0 should.
     bound = 0.5 * z * z + d - d * v + d * log_v
     accepted = xp.logical_and(positive, xp.log(u) < bound)
-    chosen = log_v[GAMMA_ROUNDS - 1]
-    for k in range(GAMMA_ROUNDS - 2, -1, -1):
-        chosen = xp.where(accepted[k], log_v[k], chosen)
+    # The first accepted round (round 0 in the < 1e-10 case of none).
+    first = xp.argmax(xp.cast(accepted, "int32"), axis=0)
+    chosen = xp.take_along_axis(log_v, first[None], axis=0)[0]
     # 1 - U lies in (0, 1], so its log is finite.
     boost = xp.log(1.0 - xp.uniform(shape)) / alpha
     return xp.log(d) + chosen + boost
