@@ -5,3 +5,135 @@ backend-specific fast path, if one is ever needed, goes here behind a function
 keyed on `keras.config.backend()` and imports its framework inside that
 function.
 """
+
+
+def torch_lerp(start, end, weight):
+    """`start + weight * (end - start)` in one pass (torch eager fast path).
+
+    Exact at `weight` 0 and 1, which the mixing layers rely on for samples
+    left unmixed.
+    """
+    import torch
+
+    return torch.lerp(start, end, weight)
+
+
+def tf_mixing_ops(layer):
+    """TensorFlow operations for a mixing layer inside `tf.data`.
+
+    Used when a `tf.data` pipeline calls a mixing layer while the Keras
+    backend is jax or torch: the tensors are TensorFlow graph tensors then,
+    which `keras.ops` of those backends cannot take. Returns an object with
+    the interface of `keras_regularize.layers._mixing.KerasOps`, drawing from
+    a `tf.random.Generator` seeded with `layer.seed` and kept on the layer.
+    Hyperparameter variables are read when the map function is traced.
+    """
+    import tensorflow as tf
+
+    state = layer._tf_data_state
+    if "generator" not in state:
+        with tf.init_scope():
+            if layer.seed is None:
+                generator = tf.random.Generator.from_non_deterministic_state()
+            else:
+                generator = tf.random.Generator.from_seed(layer.seed)
+        state["generator"] = generator
+    return _TFOps(tf, state["generator"])
+
+
+class _TFOps:
+    def __init__(self, tf, generator):
+        self.tf = tf
+        self.generator = generator
+
+    def shape(self, x):
+        static = x.shape.as_list()
+        dynamic = self.tf.shape(x)
+        return tuple(
+            dynamic[i] if s is None else s for i, s in enumerate(static)
+        )
+
+    def cast(self, x, dtype):
+        return self.tf.cast(x, dtype)
+
+    def convert(self, x):
+        return self.tf.convert_to_tensor(x)
+
+    def argmax(self, x, axis):
+        return self.tf.argmax(x, axis=axis, output_type="int32")
+
+    def take_along_axis(self, x, indices, axis):
+        return self.tf.experimental.numpy.take_along_axis(x, indices, axis)
+
+    def argsort(self, x):
+        return self.tf.argsort(x)
+
+    def where(self, condition, a, b):
+        a = self.tf.convert_to_tensor(a)
+        b = self.tf.cast(b, a.dtype)
+        return self.tf.where(condition, a, b)
+
+    def reshape(self, x, shape):
+        return self.tf.reshape(x, shape)
+
+    def log(self, x):
+        return self.tf.math.log(x)
+
+    def sqrt(self, x):
+        return self.tf.sqrt(x)
+
+    def sigmoid(self, x):
+        return self.tf.sigmoid(x)
+
+    def floor(self, x):
+        return self.tf.floor(x)
+
+    def round(self, x):
+        return self.tf.round(x)
+
+    def minimum(self, a, b):
+        return self.tf.minimum(a, b)
+
+    def clip(self, x, low, high):
+        return self.tf.clip_by_value(x, low, high)
+
+    def power(self, x, y):
+        return self.tf.pow(x, y)
+
+    def logical_and(self, a, b):
+        return self.tf.logical_and(a, b)
+
+    def logical_not(self, x):
+        return self.tf.logical_not(x)
+
+    def arange(self, n):
+        return self.tf.range(n, dtype="int32")
+
+    def take(self, x, indices):
+        return self.tf.gather(x, indices, axis=0)
+
+    def one_hot(self, ids, num_classes):
+        return self.tf.one_hot(ids, num_classes, dtype="float32")
+
+    def ones(self, shape):
+        return self.tf.ones(shape, dtype="float32")
+
+    def dtype(self, x):
+        return x.dtype.name
+
+    def value(self, variable):
+        import keras
+
+        # Read on the host when the map function is traced.
+        with self.tf.init_scope():
+            value = float(keras.ops.convert_to_numpy(variable))
+        return self.tf.constant(value, "float32")
+
+    def blend(self, x, x_partner, w):
+        return x * w + x_partner * (1.0 - w)
+
+    def uniform(self, shape):
+        return self.generator.uniform(shape, dtype="float32")
+
+    def normal(self, shape):
+        return self.generator.normal(shape, dtype="float32")

@@ -40,12 +40,16 @@ def _make(cls, init_kwargs, **overrides):
     return cls(**kwargs)
 
 
-def _model(layer, input_shape):
+def _identity(outputs):
+    return outputs
+
+
+def _model(layer, input_shape, select=_identity):
     inputs = [keras.Input(s) for s in _as_list(input_shape)]
     if not isinstance(input_shape, list):
         inputs = inputs[0]
     # A trainable head so `fit` has something to update on every layer.
-    out = keras.layers.Dense(1)(keras.layers.Flatten()(layer(inputs)))
+    out = keras.layers.Dense(1)(keras.layers.Flatten()(select(layer(inputs))))
     return keras.Model(inputs, out)
 
 
@@ -71,6 +75,7 @@ def assert_layer_contract(
     inference=None,
     output_shape=None,
     seeded=True,
+    select=None,
 ):
     """Checks the contract shared by every keras_regularize layer.
 
@@ -83,7 +88,11 @@ def assert_layer_contract(
             defaults to the identity (first input for lists).
         output_shape: Shape without the batch axis; defaults to the input's.
         seeded: Whether the layer draws random numbers (checks seeding).
+        select: Optional `f(outputs) -> tensor` picking the tensor to check
+            from a layer that returns a structure (the mixing layers return
+            `(images, labels)`); defaults to the identity.
     """
+    select = select or _identity
     first = _as_list(input_shape)[0]
     output_shape = tuple(first if output_shape is None else output_shape)
 
@@ -99,15 +108,17 @@ def assert_layer_contract(
 
     # 2. Symbolic call with a None batch dimension.
     symbolic = [keras.Input(s) for s in _as_list(input_shape)]
-    out = _make(cls, init_kwargs)(
-        symbolic if isinstance(input_shape, list) else symbolic[0]
+    out = select(
+        _make(cls, init_kwargs)(
+            symbolic if isinstance(input_shape, list) else symbolic[0]
+        )
     )
     assert tuple(out.shape) == (None,) + output_shape, out.shape
 
     # 3. Inference behaviour.
     x = random_inputs(input_shape)
     layer = _make(cls, init_kwargs)
-    got = to_numpy(layer(x, training=False))
+    got = to_numpy(select(layer(x, training=False)))
     if inference is None:
         expected = _as_list(x)[0]
     else:
@@ -123,7 +134,7 @@ def assert_layer_contract(
             keras.utils.set_random_seed(1234)  # same wrapped-block weights
             layer = _make(cls, init_kwargs, seed=seed)
             return np.stack(
-                [to_numpy(layer(big, training=True)) for _ in range(16)]
+                [to_numpy(select(layer(big, training=True))) for _ in range(16)]
             )
 
         a, b, c = draws(7), draws(7), draws(8)
@@ -133,7 +144,9 @@ def assert_layer_contract(
     # 5. One training step, eager and compiled.
     for jit in jit_modes():
         _fit_once(
-            _model(_make(cls, init_kwargs), input_shape), input_shape, jit
+            _model(_make(cls, init_kwargs), input_shape, select),
+            input_shape,
+            jit,
         )
 
     # 6. Mixed precision: compute dtype out, float32 variables, and fit.
@@ -141,14 +154,14 @@ def assert_layer_contract(
         compute = policy.split("_")[1]
         layer = _make(cls, init_kwargs, dtype=policy)
         for training in (False, True):
-            y = layer(random_inputs(input_shape), training=training)
+            y = select(layer(random_inputs(input_shape), training=training))
             assert ops.dtype(y) == compute, (policy, ops.dtype(y))
         for w in layer.weights:
             assert w.dtype in ("float32", "int32", "int64", "uint32"), w
         keras.config.set_dtype_policy(policy)
         try:
             _fit_once(
-                _model(_make(cls, init_kwargs), input_shape),
+                _model(_make(cls, init_kwargs), input_shape, select),
                 input_shape,
                 jit_modes()[-1],
             )
@@ -156,7 +169,7 @@ def assert_layer_contract(
             keras.config.set_dtype_policy("float32")
 
     # 7. `.keras` round trip with no custom_objects.
-    model = _model(_make(cls, init_kwargs), input_shape)
+    model = _model(_make(cls, init_kwargs), input_shape, select)
     x = random_inputs(input_shape)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.keras")

@@ -1,14 +1,20 @@
 """Regularization layers."""
 
+from keras_regularize.layers.cut_mix_layer import CutMixLayer
 from keras_regularize.layers.drop_block_2d import DropBlock2D
 from keras_regularize.layers.drop_path import DropPath
 from keras_regularize.layers.drop_path_rates import drop_path_rates
+from keras_regularize.layers.mixup_layer import MixupLayer
+from keras_regularize.layers.random_mix import RandomMix
 from keras_regularize.layers.stochastic_depth import StochasticDepth
 from keras_regularize.layers.stochastic_residual import StochasticResidual
 
 __all__ = [
+    "CutMixLayer",
     "DropBlock2D",
     "DropPath",
+    "MixupLayer",
+    "RandomMix",
     "StochasticDepth",
     "StochasticResidual",
     "drop_path_rates",

@@ -1,3 +1,7 @@
 """Model wrappers: distillation, on-device mixing, Monte Carlo prediction."""
 
-__all__ = []
+from keras_regularize.models.mixing_model import MixingModel
+
+__all__ = [
+    "MixingModel",
+]

@@ -1,0 +1,141 @@
+"""CutMix whose label weight is exactly the pasted fraction of the input."""
+
+import keras
+
+from keras_regularize._export import export
+from keras_regularize._validation import check_choice
+from keras_regularize.layers._mixing import BaseMixing
+from keras_regularize.layers._mixing import _scalar_property
+from keras_regularize.layers._mixing import check_alpha
+from keras_regularize.layers._mixing import check_minmax
+from keras_regularize.layers._mixing import mix_batch
+
+DATA_FORMATS = ("channels_last", "channels_first")
+
+
+@export("keras_regularize.layers.CutMixLayer")
+class CutMixLayer(BaseMixing):
+    """Pastes a box from a partner sample, and mixes the labels to match.
+
+    During training each sample `i` gets a partner `j` (a random permutation
+    of the batch) and a box of `x_j` is pasted into `x_i`. Rank-3 inputs
+    `(batch, steps, channels)` get a segment of steps, rank-4 images a
+    rectangle, rank-5 volumes a cuboid. Following the CutMix paper, with
+    `lam ~ Beta(alpha, alpha)` each side of the box is
+    `(1 - lam) ** (1 / spatial_rank)` of the input's extent, its centre is
+    uniform over the input, and it is clipped at the borders. The label
+    becomes `lam * y_i + (1 - lam) * y_j` with the same partner, after label
+    smoothing; with `correct_lam=True` (the default) `1 - lam` is exactly the
+    fraction of elements that came from the partner.
+
+    With `training=False` the images are returned untouched and the labels
+    are converted exactly as in training, minus the mixing (one-hot for
+    integer ids, then label smoothing). `alpha` and `probability` live in
+    non-trainable variables, so callbacks may change them during training.
+    To mix on device inside `fit`, wrap the model in
+    `keras_regularize.models.MixingModel(model, CutMixLayer(...))`.
+
+    Args:
+        alpha: Float > 0, the Beta distribution's parameter. Defaults to
+            `1.0` (lambda uniform, as in the paper).
+        num_classes: Int, needed when labels are integer class ids.
+            Defaults to `None`.
+        label_smoothing: Float in `[0, 1)`, applied before mixing. Defaults
+            to `0.0`.
+        mode: `"batch"` (one box and lambda per batch), `"pair"` (one per
+            pair of samples) or `"elem"` (one per sample). Defaults to
+            `"batch"`.
+        probability: Float in `[0, 1]`, chance that the batch (a pair, a
+            sample) is mixed at all. Defaults to `1.0`.
+        correct_lam: Bool. Whether the label weight is recomputed from the
+            clipped box, so it equals the pasted fraction. Defaults to
+            `True`.
+        minmax: Optional `(lo, hi)` with `0 < lo < hi <= 1`: each side ratio
+            of the box is drawn uniformly from `[lo, hi)` instead of from
+            lambda, and the box lies inside the input; the label weight is
+            then always the pasted fraction. Defaults to `None`.
+        data_format: `"channels_last"` or `"channels_first"`. Defaults to
+            `keras.config.image_data_format()`.
+        seed: Optional non-negative int seeding the layer's
+            `keras.random.SeedGenerator`. Defaults to `None`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: A tuple `(images, labels)`, a list, or a dict with keys
+            `"images"` and `"labels"`; or the images with the labels as
+            second argument. Images have rank 3, 4 or 5. Labels are integer
+            ids `(batch,)`/`(batch, 1)` or float targets `(batch, classes)`.
+            The same structure is returned.
+        labels: Optional labels when `inputs` are the images.
+        training: Python bool. Mixing happens only when `True` (default).
+
+    Example:
+
+    >>> layer = keras_regularize.layers.CutMixLayer(num_classes=2, seed=0)
+    >>> images = np.stack([np.zeros((8, 8, 1)), np.ones((8, 8, 1))])
+    >>> mixed, labels = layer((images.astype("float32"), np.array([0, 1])))
+    >>> mixed = keras.ops.convert_to_numpy(mixed)
+    >>> labels = keras.ops.convert_to_numpy(labels)
+    >>> bool(np.allclose(labels[:, 1], mixed.mean(axis=(1, 2, 3))))
+    True
+
+    References:
+        - [Yun et al., 2019](https://arxiv.org/abs/1905.04899)
+    """
+
+    _needs_spatial_axes = True
+
+    def __init__(
+        self,
+        alpha=1.0,
+        num_classes=None,
+        label_smoothing=0.0,
+        mode="batch",
+        probability=1.0,
+        correct_lam=True,
+        minmax=None,
+        data_format=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            mode=mode,
+            probability=probability,
+            seed=seed,
+            **kwargs,
+        )
+        self.alpha = alpha
+        self.correct_lam = bool(correct_lam)
+        self.minmax = check_minmax("minmax", minmax)
+        self.data_format = check_choice(
+            "data_format",
+            data_format or keras.config.image_data_format(),
+            DATA_FORMATS,
+        )
+
+    alpha = _scalar_property(
+        "alpha", check_alpha, "The Beta(alpha, alpha) parameter."
+    )
+
+    def _mix(self, xp, images):
+        return mix_batch(
+            xp,
+            images,
+            mode=self.mode,
+            probability=xp.value(self.probability_variable),
+            cutmix_alpha=xp.value(self.alpha_variable),
+            correct_lam=self.correct_lam,
+            minmax=self.minmax,
+            axes=self._axes(images),
+        )
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "alpha": self.alpha,
+            "correct_lam": self.correct_lam,
+            "minmax": self.minmax,
+            "data_format": self.data_format,
+        }

@@ -1,0 +1,114 @@
+"""MixUp that mixes images and labels with one lambda and one partner."""
+
+from keras_regularize._export import export
+from keras_regularize.layers._mixing import BaseMixing
+from keras_regularize.layers._mixing import _scalar_property
+from keras_regularize.layers._mixing import check_alpha
+from keras_regularize.layers._mixing import mix_batch
+
+
+@export("keras_regularize.layers.MixupLayer")
+class MixupLayer(BaseMixing):
+    """Blends pairs of samples and their labels (mixup).
+
+    During training each sample `i` is paired with a partner `j` (a random
+    permutation of the batch) and replaced by `lam * x_i + (1 - lam) * x_j`,
+    with `lam ~ Beta(alpha, alpha)`; its label becomes
+    `lam * y_i + (1 - lam) * y_j` with the same `lam` and partner, after
+    label smoothing. Returned labels are float32 soft targets `(batch,
+    classes)`; images come back in the layer's compute dtype.
+
+    With `training=False` the images are returned untouched and the labels
+    are converted exactly as in training, minus the mixing: integer ids
+    become one-hot rows and `label_smoothing` is applied, so training and
+    validation losses are computed on the same kind of targets.
+
+    The layer needs labels: use it in a data pipeline
+    (`dataset.map(layer)`, with any Keras backend) or on arrays. To mix on
+    device inside `fit`, wrap the model in
+    `keras_regularize.models.MixingModel(model, MixupLayer(...))` instead.
+
+    Lambda is drawn with a fixed-round Marsaglia-Tsang Gamma sampler built
+    from seeded uniform and normal draws, so it also compiles under
+    TensorFlow XLA. `alpha` and `probability` live in non-trainable
+    variables: a callback may set `layer.alpha = 0.4` or
+    `layer.probability = 0.0` (to stop mixing) during training.
+
+    Args:
+        alpha: Float > 0, the Beta distribution's parameter. Defaults to
+            `0.2`.
+        num_classes: Int, needed when labels are integer class ids.
+            Defaults to `None`.
+        label_smoothing: Float in `[0, 1)`. Targets become
+            `y * (1 - label_smoothing) + label_smoothing / classes` before
+            mixing. Defaults to `0.0`.
+        mode: `"batch"` (one lambda per batch), `"pair"` (samples matched in
+            pairs, one lambda per pair) or `"elem"` (one lambda per sample).
+            Defaults to `"batch"`.
+        probability: Float in `[0, 1]`, chance that the batch (a pair, a
+            sample in `"elem"` mode) is mixed at all. Unmixed samples keep
+            their own (smoothed) labels. Defaults to `1.0`.
+        seed: Optional non-negative int seeding the layer's
+            `keras.random.SeedGenerator`. Defaults to `None`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: A tuple `(images, labels)`, a list `[images, labels]` or a
+            dict with keys `"images"` and `"labels"` (other keys pass
+            through); or the images, with the labels as second argument.
+            Labels are integer ids `(batch,)`/`(batch, 1)` or float targets
+            `(batch, classes)`. The same structure is returned.
+        labels: Optional labels when `inputs` are the images.
+        training: Python bool. Mixing happens only when `True` (the default,
+            as for augmentation layers in a data pipeline).
+
+    Example:
+
+    >>> layer = keras_regularize.layers.MixupLayer(
+    ...     alpha=0.4, num_classes=3, seed=0)
+    >>> images = np.ones((4, 8, 8, 3), "float32")
+    >>> images, labels = layer((images, np.array([0, 1, 2, 0])))
+    >>> tuple(labels.shape)
+    (4, 3)
+    >>> np.allclose(keras.ops.convert_to_numpy(labels).sum(axis=1), 1.0)
+    True
+
+    References:
+        - [Zhang et al., 2018](https://arxiv.org/abs/1710.09412)
+    """
+
+    def __init__(
+        self,
+        alpha=0.2,
+        num_classes=None,
+        label_smoothing=0.0,
+        mode="batch",
+        probability=1.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(
+            num_classes=num_classes,
+            label_smoothing=label_smoothing,
+            mode=mode,
+            probability=probability,
+            seed=seed,
+            **kwargs,
+        )
+        self.alpha = alpha
+
+    alpha = _scalar_property(
+        "alpha", check_alpha, "The Beta(alpha, alpha) parameter."
+    )
+
+    def _mix(self, xp, images):
+        return mix_batch(
+            xp,
+            images,
+            mode=self.mode,
+            probability=xp.value(self.probability_variable),
+            mixup_alpha=xp.value(self.alpha_variable),
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha}
