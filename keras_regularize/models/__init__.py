@@ -1,3 +1,9 @@
 """Model wrappers: distillation, on-device mixing, Monte Carlo prediction."""
 
-__all__ = []
+from keras_regularize.models.mc_predict import mc_predict
+from keras_regularize.models.with_mc_dropout import with_mc_dropout
+
+__all__ = [
+    "mc_predict",
+    "with_mc_dropout",
+]
