@@ -17,7 +17,7 @@ from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize.layers.mc_dropout import MCDropout
 
-STRATEGIES = ("auto", "tile", "loop")
+STRATEGIES = ("auto", "tile", "tile_inputs", "loop")
 
 # Rows (inputs x samples) per forward pass when `batch_size` is not given:
 # large enough to keep the matrix units busy, small enough that a
@@ -120,22 +120,105 @@ def _tile(x, samples):
     return ops.tile(x, (samples,) + (1,) * (len(x.shape) - 1))
 
 
+class _Tile(keras.layers.Layer):
+    """Repeats a batch `samples` times along axis 0 (masks too)."""
+
+    def __init__(self, samples, **kwargs):
+        super().__init__(**kwargs)
+        self.samples = samples
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return _tile(inputs, self.samples)
+
+    def compute_mask(self, inputs, mask=None):
+        return None if mask is None else _tile(mask, self.samples)
+
+    def compute_output_shape(self, input_shape):
+        batch = input_shape[0]
+        batch = None if batch is None else batch * self.samples
+        return (batch,) + tuple(input_shape[1:])
+
+
+def _share_prefix(model, samples):
+    """`model` rebuilt to tile its tensors where randomness starts.
+
+    Returns a Functional model over the same layers (shared, nothing is
+    copied) in which every tensor that does not depend on a stochastic layer
+    is computed once per input, and is tiled `samples` times only where it
+    feeds a stochastic layer or meets a tiled tensor. A network whose
+    dropout sits in its head thus runs its backbone once, not `samples`
+    times. Returns `None` when `model` is not a Sequential or Functional
+    model, or when its output does not depend on a stochastic layer.
+    """
+    stochastic = {id(layer) for layer in stochastic_layers(model)}
+    tiled = {}  # id(base tensor) -> its tiled version
+    expanded = set()  # ids of tensors with `samples * B` rows
+
+    def is_stochastic(layer):
+        return any(id(sub) in stochastic for sub in walk_layers(layer))
+
+    def expand(t):
+        if not isinstance(t, keras.KerasTensor) or id(t) in expanded:
+            return t
+        if id(t) not in tiled:
+            tiled[id(t)] = _Tile(samples)(t)
+            expanded.add(id(tiled[id(t)]))
+        return tiled[id(t)]
+
+    def call_function(layer, *args, **kwargs):
+        leaves = keras.tree.flatten((args, kwargs))
+        if is_stochastic(layer) or any(id(t) in expanded for t in leaves):
+            args, kwargs = keras.tree.map_structure(expand, (args, kwargs))
+            outputs = layer(*args, **kwargs)
+            expanded.update(id(t) for t in keras.tree.flatten(outputs))
+            return outputs
+        return layer(*args, **kwargs)
+
+    if isinstance(model, keras.Sequential):
+        inputs = getattr(model, "inputs", None)
+        if not inputs or len(inputs) != 1:
+            return None
+        x = new_inputs = keras.Input(
+            batch_shape=inputs[0].shape, dtype=inputs[0].dtype
+        )
+        for layer in model.layers:
+            x = call_function(layer, x)
+        graph = keras.Model(new_inputs, x)
+    else:
+        try:
+            graph = keras.models.clone_model(
+                model,
+                clone_function=lambda layer: layer,
+                call_function=call_function,
+            )
+        except ValueError:
+            return None  # subclassed models: tile the inputs instead
+    outputs = keras.tree.flatten(graph.outputs)
+    if len(outputs) != 1 or id(outputs[0]) not in expanded:
+        return None
+    return graph
+
+
 class _MCForward(keras.Model):
     """`samples` stochastic passes of `inner` as one compiled predict step.
 
     `inner` runs with `training=False`, so batch normalization uses (and
-    keeps) its moving statistics; only `MCDropout` layers are random.
+    keeps) its moving statistics; only `MCDropout` layers are random. With
+    `tile_inputs=True` the inputs are tiled `samples` times; otherwise
+    `inner` tiles internally (see `_share_prefix`).
     """
 
-    def __init__(self, inner, samples, from_logits, return_samples):
+    def __init__(self, inner, samples, from_logits, return_samples, tile):
         super().__init__(name="mc_predict_forward")
         self.inner = inner
         self.samples = samples
         self.from_logits = from_logits
         self.return_samples = return_samples
+        self.tile_inputs = tile
 
     def call(self, x, training=False):
-        if self.samples > 1:
+        if self.tile_inputs and self.samples > 1:
             x = keras.tree.map_structure(lambda t: _tile(t, self.samples), x)
         y = self.inner(x, training=False)
         if not isinstance(y, keras.KerasTensor) and not ops.is_tensor(y):
@@ -161,17 +244,23 @@ class _Cache:
         self.forwards = {}
 
 
-def _forward(model, samples, from_logits, return_samples):
+def _forward(model, samples, from_logits, return_samples, strategy):
+    """The cached `_MCForward` for these settings, and the strategy used."""
     cache = getattr(model, _CACHE_ATTRIBUTE, None)
     if not isinstance(cache, _Cache):
         cache = _Cache()
         # Plain attribute, outside Keras tracking: `.keras` files and
         # `model.weights` never see it.
         object.__setattr__(model, _CACHE_ATTRIBUTE, cache)
-    key = (samples, bool(from_logits), bool(return_samples))
+    key = (samples, bool(from_logits), bool(return_samples), strategy)
     if key not in cache.forwards:
+        inner, tile = model, True
+        if strategy == "tile" and samples > 1:
+            graph = _share_prefix(model, samples)
+            if graph is not None:
+                inner, tile = graph, False
         cache.forwards[key] = _MCForward(
-            model, samples, from_logits, return_samples
+            inner, samples, from_logits, return_samples, tile
         )
     return cache.forwards[key]
 
@@ -235,15 +324,27 @@ def mc_predict(
     the usual `model(x, training=True)` loop, which normalizes with batch
     statistics and moves the moving averages on every call.
 
-    The samples are vectorized: each chunk of `batch_size` inputs is tiled
-    `samples` times and the model runs once over the `batch_size * samples`
-    rows inside a compiled predict function (`strategy="tile"`), and the
-    statistics are reduced on the device. `strategy="loop"` instead runs
-    the compiled function `samples` times per chunk. `"auto"` takes the
-    faster one on the current backend, as measured by
-    `bench/mc_dropout_bench.py`; it uses `"loop"` whenever a dropout layer
-    shares one mask over the batch (`noise_shape` with batch size 1), since
-    tiled copies of an input would then share their masks.
+    The samples are vectorized and run inside a compiled predict function
+    (XLA on JAX and TensorFlow), with the statistics reduced on the device:
+
+    - `strategy="tile"`: a Sequential or Functional model is rebuilt over
+      its own layers (nothing copied) so that every tensor that does not
+      depend on a stochastic layer is computed once per input and tiled
+      `samples` times only where randomness starts. A network whose dropout
+      sits after its first layers, or in its head, runs that deterministic
+      prefix once instead of `samples` times. Other models fall back to
+      `"tile_inputs"`.
+    - `strategy="tile_inputs"`: each chunk of inputs is tiled `samples`
+      times and the whole model runs once over the tiled batch.
+    - `strategy="loop"`: the compiled function runs `samples` times per
+      chunk. It is used whenever a dropout layer shares one mask over the
+      batch (`noise_shape` with batch size 1), since tiled copies of an
+      input would then share their masks.
+    - `strategy="auto"` (the default) picks per backend from the
+      measurements in `bench/mc_dropout_bench.py` (`AUTO_STRATEGY`).
+
+    All strategies assume layers treat batch rows independently at
+    inference, as Keras layers do.
 
     Outputs are read as class probabilities along the last axis (logits with
     `from_logits=True`; a last axis of size 1 is a Bernoulli probability)
@@ -259,13 +360,15 @@ def mc_predict(
             `30`.
         batch_size: Optional int >= 1, inputs per chunk; a forward pass
             then holds at most `batch_size * samples` rows, which bounds
-            memory. Defaults to `ceil(4096 / samples)`.
+            memory (the `"loop"` strategy holds `batch_size` rows).
+            Defaults to `ceil(4096 / samples)`.
         from_logits: Bool. Whether the model outputs logits, turned into
             probabilities (softmax, or sigmoid for one unit) before
             averaging. Defaults to `False`.
         return_samples: Bool. Whether to return the sampled outputs too.
             Defaults to `False`.
-        strategy: `"auto"`, `"tile"` or `"loop"`. Defaults to `"auto"`.
+        strategy: `"auto"`, `"tile"`, `"tile_inputs"` or `"loop"`, as
+            above. Defaults to `"auto"`.
 
     Returns:
         An `MCPrediction` named tuple of NumPy arrays: `mean`, `variance`
@@ -319,13 +422,15 @@ def mc_predict(
 
     n = _num_rows(x)
     parts = []
-    if strategy == "tile" and samples > 1:
-        forward = _forward(model, samples, from_logits, return_samples)
+    if strategy in ("tile", "tile_inputs") and samples > 1:
+        forward = _forward(
+            model, samples, from_logits, return_samples, strategy
+        )
         for chunk, rows in _chunks(x, n, batch_size):
             out = forward.predict_on_batch(chunk)
             parts.append(_first_rows(out, rows))
     else:
-        forward = _forward(model, 1, from_logits, False)
+        forward = _forward(model, 1, from_logits, False, "loop")
         for chunk, rows in _chunks(x, n, batch_size):
             probs = np.stack(
                 [forward.predict_on_batch(chunk) for _ in range(samples)]
