@@ -121,6 +121,12 @@ class WeightNoise(keras.layers.Wrapper):
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # keras.layers.Wrapper.from_config pops "layer" from the caller's
+        # dict; work on a copy.
+        return super().from_config(dict(config), custom_objects)
+
     def get_config(self):
         config = super().get_config()
         config.pop("autocast", None)
