@@ -19,10 +19,12 @@ from keras_regularize.layers.mc_dropout import MCDropout
 
 STRATEGIES = ("auto", "tile", "tile_inputs", "loop")
 
-# Rows (inputs x samples) per forward pass when `batch_size` is not given:
-# large enough to keep the matrix units busy, small enough that a
-# 784-512-512-10 MLP's activations stay in cache-sized chunks on a CPU.
-DEFAULT_ROWS_PER_PASS = 4096
+# Rows (inputs x samples) per forward pass when `batch_size` is not given.
+# On CPU, 1,024 rows (2 MB of 512-wide float32 activations) beat 4,096 rows
+# and one pass over all rows on JAX and TensorFlow in
+# bench/mc_dropout_bench.py: larger passes fall out of cache. Accelerators
+# likely prefer larger chunks (pass `batch_size`); not measured here.
+DEFAULT_ROWS_PER_PASS = 1024
 
 # What `strategy="auto"` picks per backend, from bench/mc_dropout_bench.py.
 AUTO_STRATEGY = {"jax": "tile", "tensorflow": "tile", "torch": "tile"}
@@ -361,7 +363,7 @@ def mc_predict(
         batch_size: Optional int >= 1, inputs per chunk; a forward pass
             then holds at most `batch_size * samples` rows, which bounds
             memory (the `"loop"` strategy holds `batch_size` rows).
-            Defaults to `ceil(4096 / samples)`.
+            Defaults to `ceil(1024 / samples)`.
         from_logits: Bool. Whether the model outputs logits, turned into
             probabilities (softmax, or sigmoid for one unit) before
             averaging. Defaults to `False`.

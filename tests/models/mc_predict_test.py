@@ -115,13 +115,14 @@ def test_a_single_sigmoid_unit_is_read_as_bernoulli():
 def test_tiled_and_looped_samples_have_the_same_distribution():
     model = _model(rate=0.5)
     x = _x(4)
-    tile = mc_predict(model, x, samples=600, strategy="tile")
-    loop = mc_predict(model, x, samples=600, strategy="loop")
-    # Each mean is an average of 600 draws; compare within 5 standard
+    n = 400
+    tile = mc_predict(model, x, samples=n, strategy="tile")
+    loop = mc_predict(model, x, samples=n, strategy="loop")
+    # Each mean is an average of n draws; compare within 5 standard
     # errors of the difference.
-    se = np.sqrt((tile.variance + loop.variance) / 600)
+    se = np.sqrt((tile.variance + loop.variance) / n)
     assert np.all(np.abs(tile.mean - loop.mean) <= 5 * se + 1e-6)
-    np.testing.assert_allclose(tile.variance, loop.variance, rtol=0.35)
+    np.testing.assert_allclose(tile.variance, loop.variance, rtol=0.4)
 
 
 def test_looped_samples_are_calls_with_training_false():
@@ -146,7 +147,9 @@ class RowRecorder(keras.layers.Layer):
         self.rows = []
 
     def call(self, x):
-        self.rows.append(x.shape[0])
+        # Skip torch's shape inference on the "meta" device (fake sizes).
+        if "meta" not in str(getattr(x, "device", "")):
+            self.rows.append(x.shape[0])
         return x
 
 
