@@ -73,12 +73,12 @@ def main():
         ("loop of `model(x, training=True)` (baseline)", loop),
         (
             f"`mc_predict` defaults ({default_strategy}, "
-            f"{mc_module.DEFAULT_ROWS_PER_PASS} rows/pass)",
+            f"{mc_module.DEFAULT_ROWS_PER_PASS[BACKEND]:,} rows/pass)",
             mc("auto"),
         ),
     ]
     for strategy, sizes in (
-        ("tile", (512, 4096, total)),
+        ("tile", (256, 1024, 4096, total)),
         ("tile_inputs", (1024, total)),
     ):
         for rows in sizes:

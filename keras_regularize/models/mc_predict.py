@@ -19,12 +19,12 @@ from keras_regularize.layers.mc_dropout import MCDropout
 
 STRATEGIES = ("auto", "tile", "tile_inputs", "loop")
 
-# Rows (inputs x samples) per forward pass when `batch_size` is not given.
-# On CPU, 1,024 rows (2 MB of 512-wide float32 activations) beat 4,096 rows
-# and one pass over all rows on JAX and TensorFlow in
-# bench/mc_dropout_bench.py: larger passes fall out of cache. Accelerators
-# likely prefer larger chunks (pass `batch_size`); not measured here.
-DEFAULT_ROWS_PER_PASS = 1024
+# Rows (inputs x samples) per forward pass when `batch_size` is not given,
+# per backend, from bench/mc_dropout_bench.py on a 2-core CPU: larger passes
+# fall out of cache (and XLA's CPU matmuls slow down sharply beyond a few
+# hundred rows on JAX). Accelerators likely prefer larger chunks (pass
+# `batch_size`); not measured here.
+DEFAULT_ROWS_PER_PASS = {"jax": 256, "tensorflow": 1024, "torch": 1024}
 
 # What `strategy="auto"` picks per backend, from bench/mc_dropout_bench.py.
 AUTO_STRATEGY = {"jax": "tile", "tensorflow": "tile", "torch": "tile"}
@@ -363,7 +363,8 @@ def mc_predict(
         batch_size: Optional int >= 1, inputs per chunk; a forward pass
             then holds at most `batch_size * samples` rows, which bounds
             memory (the `"loop"` strategy holds `batch_size` rows).
-            Defaults to `ceil(1024 / samples)`.
+            Defaults to `ceil(rows / samples)` with `rows` 256 on JAX and
+            1,024 on TensorFlow and torch (`DEFAULT_ROWS_PER_PASS`).
         from_logits: Bool. Whether the model outputs logits, turned into
             probabilities (softmax, or sigmoid for one unit) before
             averaging. Defaults to `False`.
@@ -420,7 +421,8 @@ def mc_predict(
     elif strategy == "auto":
         strategy = AUTO_STRATEGY.get(keras.backend.backend(), "tile")
     if batch_size is None:
-        batch_size = max(1, math.ceil(DEFAULT_ROWS_PER_PASS / samples))
+        rows = DEFAULT_ROWS_PER_PASS.get(keras.backend.backend(), 1024)
+        batch_size = max(1, math.ceil(rows / samples))
 
     n = _num_rows(x)
     parts = []
