@@ -1,3 +1,9 @@
 """Losses."""
 
-__all__ = []
+from keras_regularize.losses.sparse_categorical_crossentropy import (
+    SparseCategoricalCrossentropy,
+)
+
+__all__ = [
+    "SparseCategoricalCrossentropy",
+]

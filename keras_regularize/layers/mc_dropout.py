@@ -1,0 +1,134 @@
+"""Dropout that stays active at inference, for Monte Carlo dropout.
+
+Paper: Dropout as a Bayesian Approximation: Representing Model Uncertainty in
+Deep Learning (https://arxiv.org/abs/1506.02142).
+"""
+
+import numbers
+
+import keras
+from keras import ops
+
+from keras_regularize._export import export
+from keras_regularize._validation import check_rate
+from keras_regularize._validation import check_seed
+
+
+def check_noise_shape(noise_shape):
+    """`None`, or a tuple of positive ints and `None`s (filled from inputs)."""
+    if noise_shape is None:
+        return None
+    ok = isinstance(noise_shape, (tuple, list)) and all(
+        d is None
+        or (isinstance(d, numbers.Integral) and not isinstance(d, bool))
+        and d >= 1
+        for d in noise_shape
+    )
+    if not ok:
+        raise ValueError(
+            "Invalid value received for argument `noise_shape`. Expected "
+            "None or a tuple of positive ints and Nones. "
+            f"Received: noise_shape={noise_shape!r}"
+        )
+    return tuple(None if d is None else int(d) for d in noise_shape)
+
+
+@export("keras_regularize.layers.MCDropout")
+class MCDropout(keras.layers.Layer):
+    """Dropout that also drops units at inference (Monte Carlo dropout).
+
+    Each call zeroes every unit with probability `rate` and scales the kept
+    ones by `1 / (1 - rate)`, exactly as `keras.layers.Dropout` does in
+    training, but whatever the `training` flag says. Repeated predictions
+    of one input are therefore samples from the dropout ensemble; their
+    spread estimates the model's uncertainty. Use
+    `keras_regularize.models.mc_predict` to draw the samples in one
+    vectorized pass while batch normalization stays in inference mode, or
+    `keras_regularize.models.with_mc_dropout` to turn the `Dropout` layers
+    of a trained model into this layer.
+
+    The layer owns no weights (its only state is the seed generator), so
+    weights saved from a model built with `keras.layers.Dropout` load into
+    the same model built with `MCDropout`.
+
+    Args:
+        rate: Float in `[0, 1)`. Fraction of units to drop.
+        noise_shape: Optional tuple of ints and `None`s, the shape of the
+            binary mask broadcast against the inputs; `None` entries take the
+            input's size. E.g. `(None, 1, None)` shares one mask over the
+            time axis of `(batch, time, features)` inputs. A size of 1 on the
+            batch axis shares one mask over the whole batch; `mc_predict`
+            then draws its samples one pass at a time. Defaults to `None`
+            (an independent mask per element).
+        seed: Optional non-negative int seeding the layer's
+            `keras.random.SeedGenerator`. Defaults to `None`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: Tensor of any rank.
+        training: Ignored: units are dropped in training and at inference.
+
+    Example:
+
+    >>> layer = keras_regularize.layers.MCDropout(0.5, seed=0)
+    >>> x = keras.ops.ones((2, 64))
+    >>> a = keras.ops.convert_to_numpy(layer(x, training=False))
+    >>> b = keras.ops.convert_to_numpy(layer(x, training=False))
+    >>> bool((a != b).any()), sorted(set(a.ravel().tolist()))
+    (True, [0.0, 2.0])
+
+    References:
+        - [Gal and Ghahramani, 2016](https://arxiv.org/abs/1506.02142)
+    """
+
+    def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rate = check_rate("rate", rate)
+        self.noise_shape = check_noise_shape(noise_shape)
+        self.seed = check_seed("seed", seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if self.noise_shape is not None and len(self.noise_shape) != len(
+            input_shape
+        ):
+            raise ValueError(
+                "Invalid value received for argument `noise_shape`. Expected "
+                f"a tuple of length {len(input_shape)} (the input rank). "
+                f"Received: noise_shape={self.noise_shape}"
+            )
+        self.built = True
+
+    def shares_mask_over_batch(self):
+        """Whether one mask is drawn for the whole batch (batch size 1)."""
+        return self.noise_shape is not None and self.noise_shape[0] == 1
+
+    def _mask_shape(self, inputs):
+        if self.noise_shape is None:
+            return None
+        shape = ops.shape(inputs)
+        return tuple(
+            shape[i] if d is None else d for i, d in enumerate(self.noise_shape)
+        )
+
+    def call(self, inputs, training=None):
+        if self.rate == 0.0:
+            return inputs
+        return keras.random.dropout(
+            inputs,
+            self.rate,
+            noise_shape=self._mask_shape(inputs),
+            seed=self.seed_generator,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "rate": self.rate,
+            "noise_shape": self.noise_shape,
+            "seed": self.seed,
+        }

@@ -1,0 +1,133 @@
+"""Gaussian weight noise on the kernel of a wrapped layer, in training only.
+
+Papers: Graves, Practical Variational Inference for Neural Networks (NeurIPS
+2011); An, The Effects of Adding Noise During Backpropagation Training on a
+Generalization Performance (Neural Computation, 1996).
+"""
+
+import keras
+from keras import ops
+
+from keras_regularize._export import export
+from keras_regularize._validation import check_number
+from keras_regularize._validation import check_seed
+
+
+@export("keras_regularize.layers.WeightNoise")
+class WeightNoise(keras.layers.Wrapper):
+    """Adds Gaussian noise to a wrapped layer's kernel during training.
+
+    In training, each call draws `noise ~ N(0, stddev**2)` of the kernel's
+    shape and runs the wrapped layer with `kernel + noise` in place of its
+    kernel; the kernel variable itself is never modified, and gradients
+    reach it through the noisy copy. Biases and any other weights are used
+    as they are. At inference the wrapped layer runs unchanged.
+
+    Works with any layer that has a `kernel` variable (`Dense`,
+    `EinsumDense`, `Conv*`, ...): the wrapped layer's own call runs, with
+    its own dtype policy, activity regularizer and non-trainable updates.
+
+    Args:
+        layer: A `keras.layers.Layer` with a `kernel` variable (checked when
+            the layer is built).
+        stddev: Float >= 0. Standard deviation of the kernel noise.
+        seed: Optional non-negative int seeding the wrapper's
+            `keras.random.SeedGenerator`. Defaults to `None`.
+        **kwargs: Base layer arguments (`name`, `dtype`, ...). The output
+            is cast to the wrapper's compute dtype.
+
+    Call arguments:
+        inputs: Inputs of the wrapped layer.
+        training: Python bool. Noise is added only when `True`.
+
+    Example:
+
+    >>> layer = keras_regularize.layers.WeightNoise(
+    ...     keras.layers.Dense(3), stddev=0.1, seed=0)
+    >>> x = keras.ops.ones((2, 4))
+    >>> y = layer(x)
+    >>> bool(keras.ops.all(layer(x, training=False) == layer.layer(x)))
+    True
+    >>> bool(keras.ops.any(layer(x, training=True) != layer.layer(x)))
+    True
+
+    References:
+        - [Graves, 2011](https://papers.nips.cc/paper/4329)
+        - [An, 1996](https://doi.org/10.1162/neco.1996.8.3.643)
+    """
+
+    def __init__(self, layer, stddev, seed=None, **kwargs):
+        # Read variables in their stored dtype; the wrapped layer autocasts
+        # them itself when it runs.
+        kwargs["autocast"] = False
+        super().__init__(layer, **kwargs)
+        self.stddev = check_number("stddev", stddev, 0.0)
+        self.seed = check_seed("seed", seed)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        if self.layer.built:
+            self._kernel()
+
+    def _kernel(self):
+        kernel = getattr(self.layer, "kernel", None)
+        if not isinstance(kernel, keras.Variable):
+            names = [w.name for w in self.layer.weights]
+            raise ValueError(
+                "Invalid value received for argument `layer`. Expected a "
+                "layer with a `kernel` variable. Received: "
+                f"layer={type(self.layer).__name__} '{self.layer.name}' "
+                f"(weights: {names})"
+            )
+        return kernel
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self._kernel()
+        self.built = True
+
+    def call(self, inputs, training=None):
+        if training and self.stddev > 0.0:
+            outputs = self._noisy_call(inputs, training)
+        else:
+            outputs = self.layer(inputs, training=training)
+        return keras.tree.map_structure(
+            lambda t: ops.cast(t, self.compute_dtype), outputs
+        )
+
+    def _noisy_call(self, inputs, training):
+        kernel = self._kernel()
+        noise = keras.random.normal(
+            kernel.shape,
+            stddev=self.stddev,
+            dtype=kernel.dtype,
+            seed=self.seed_generator,
+        )
+        # Every variable of the wrapped layer is mapped (not only the
+        # kernel): a scope does not fall back to an enclosing one, such as
+        # the one JAX training steps run in.
+        mapping = [
+            (v, ops.add(v.value, noise) if v is kernel else v.value)
+            for v in self.layer.variables
+        ]
+        with keras.StatelessScope(mapping, collect_losses=True) as scope:
+            outputs = self.layer(inputs, training=training)
+        for v in self.layer.non_trainable_variables:
+            value = scope.get_current_value(v)
+            if value is not None:
+                v.assign(value)
+        for loss in scope.losses:
+            self.layer.add_loss(loss)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        # keras.layers.Wrapper.from_config pops "layer" from the caller's
+        # dict; work on a copy.
+        return super().from_config(dict(config), custom_objects)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("autocast", None)
+        return {**config, "stddev": self.stddev, "seed": self.seed}

@@ -1,0 +1,122 @@
+"""Tests for keras_regularize.layers.MCDropout."""
+
+import os
+import tempfile
+
+import keras
+import numpy as np
+import pytest
+
+from keras_regularize.layers import MCDropout
+from tests import harness
+
+
+def _same_seed_first_draw(kwargs):
+    # At inference the layer still samples: its first output equals the
+    # first output of a fresh twin with the same seed.
+    return lambda layer, x: MCDropout(**kwargs)(x, training=False)
+
+
+@pytest.mark.parametrize(
+    "shape, noise_shape",
+    [((6,), None), ((5, 3), None), ((5, 3), (None, 1, None))],
+)
+def test_contract(shape, noise_shape):
+    kwargs = {"rate": 0.4, "noise_shape": noise_shape, "seed": 3}
+    harness.assert_layer_contract(
+        MCDropout, kwargs, shape, inference=_same_seed_first_draw(kwargs)
+    )
+
+
+def test_drops_at_rate_and_keeps_the_mean_at_inference():
+    rate, n = 0.3, 20000
+    y = harness.to_numpy(
+        MCDropout(rate, seed=1)(np.ones((n, 1), "float32"), training=False)
+    ).ravel()
+    dropped = y == 0.0
+    assert np.all(dropped | np.isclose(y, 1.0 / (1.0 - rate)))
+    assert harness.binomial_ok(dropped.sum(), n, rate)
+    sd = np.sqrt(rate / (1.0 - rate) / n)
+    assert abs(y.mean() - 1.0) < 4 * sd
+
+
+@pytest.mark.parametrize("training", [False, None])
+def test_differs_between_calls_at_inference_unlike_keras_dropout(training):
+    x = np.ones((8, 32), "float32")
+    mc = MCDropout(0.5, seed=0)
+    a, b = (harness.to_numpy(mc(x, training=training)) for _ in range(2))
+    assert not np.array_equal(a, b)
+    plain = keras.layers.Dropout(0.5, seed=0)
+    c, d = (harness.to_numpy(plain(x, training=training)) for _ in range(2))
+    np.testing.assert_array_equal(c, x)
+    np.testing.assert_array_equal(c, d)
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_predict_samples_inside_compiled_functions(jit):
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, MCDropout(0.5, seed=2)(inputs))
+    model.compile(jit_compile=jit)
+    x = np.ones((4, 16), "float32")
+    a = model.predict(x, verbose=0)
+    b = model.predict(x, verbose=0)
+    assert not np.array_equal(a, b)
+    assert set(np.unique(a).tolist()) <= {0.0, 2.0}
+
+
+def test_noise_shape_shares_the_mask_over_none_free_axes():
+    x = np.ones((64, 5, 7), "float32")
+    y = harness.to_numpy(MCDropout(0.5, noise_shape=(None, 1, None), seed=4)(x))
+    # One decision per (sample, feature), repeated over axis 1.
+    np.testing.assert_array_equal(y, np.broadcast_to(y[:, :1], y.shape))
+    assert 0.0 < (y == 0.0).mean() < 1.0
+
+
+def test_rate_zero_is_the_identity():
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_array_equal(harness.to_numpy(MCDropout(0.0)(x)), x)
+
+
+def test_weights_trained_with_keras_dropout_load_into_mc_dropout():
+    def build(dropout):
+        inputs = keras.Input((6,))
+        h = keras.layers.Dense(8, name="hidden")(inputs)
+        h = dropout(0.2, name="drop")(h)
+        return keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
+
+    trained = build(keras.layers.Dropout)
+    mc = build(MCDropout)
+    assert len(mc.weights) == len(trained.weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "w.weights.h5")
+        trained.save_weights(path)
+        mc.load_weights(path)
+    for a, b in zip(trained.weights, mc.weights):
+        np.testing.assert_array_equal(harness.to_numpy(a), harness.to_numpy(b))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"rate": 1.0}, "argument `rate`.*Received: rate=1.0"),
+        ({"rate": -0.1}, "argument `rate`.*Received: rate=-0.1"),
+        ({"rate": 0.1, "seed": -1}, "argument `seed`.*Received: seed=-1"),
+        (
+            {"rate": 0.1, "noise_shape": (None, 0)},
+            r"argument `noise_shape`.*Received: noise_shape=\(None, 0\)",
+        ),
+        (
+            {"rate": 0.1, "noise_shape": 3},
+            "argument `noise_shape`.*Received: noise_shape=3",
+        ),
+    ],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MCDropout(**kwargs)
+
+
+def test_noise_shape_of_the_wrong_rank_is_rejected_at_build():
+    layer = MCDropout(0.1, noise_shape=(None, 1))
+    with pytest.raises(ValueError, match="Expected a tuple of length 3"):
+        layer(np.ones((2, 3, 4), "float32"))
