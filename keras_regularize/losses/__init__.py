@@ -1,3 +1,5 @@
 """Losses."""
 
-__all__ = []
+from keras_regularize.losses.distillation_loss import DistillationLoss
+
+__all__ = ["DistillationLoss"]

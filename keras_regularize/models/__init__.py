@@ -1,3 +1,5 @@
 """Model wrappers: distillation, on-device mixing, Monte Carlo prediction."""
 
-__all__ = []
+from keras_regularize.models.distiller import Distiller
+
+__all__ = ["Distiller"]
