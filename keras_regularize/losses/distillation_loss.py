@@ -159,4 +159,3 @@ class DistillationLoss:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-

@@ -258,9 +258,7 @@ class Distiller(keras.Model):
         if isinstance(x, dict) and _CACHED in x:
             cached = ops.convert_to_tensor(x[_CACHED])
             return [cached[:, i] for i in range(len(self.teachers))]
-        return [
-            ops.stop_gradient(t(x, training=False)) for t in self.teachers
-        ]
+        return [ops.stop_gradient(t(x, training=False)) for t in self.teachers]
 
     def _hard_loss(self, y, y_pred, sample_weight):
         y_pred = ops.cast(y_pred, "float32")
@@ -340,7 +338,9 @@ class Distiller(keras.Model):
         return {_INPUTS: x, _CACHED: np.stack(outputs, axis=1)}
 
     def get_config(self):
-        teachers = [keras.saving.serialize_keras_object(t) for t in self.teachers]
+        teachers = [
+            keras.saving.serialize_keras_object(t) for t in self.teachers
+        ]
         return {
             "name": self.name,
             "trainable": self.trainable,
