@@ -260,24 +260,27 @@ class Distiller(keras.Model):
             return [cached[:, i] for i in range(len(self.teachers))]
         return [ops.stop_gradient(t(x, training=False)) for t in self.teachers]
 
-    def _hard_loss(self, y, y_pred, sample_weight):
-        y_pred = ops.cast(y_pred, "float32")
-        if self.loss is None:
-            values = cross_entropy_per_sample(y_pred, y, self.from_logits)
-            return weighted_mean(values, sample_weight)
-        fn = keras.losses.get(self.loss)
-        if isinstance(fn, keras.losses.Loss):
-            return ops.cast(fn(y, y_pred, sample_weight), "float32")
-        return weighted_mean(ops.cast(fn(y, y_pred), "float32"), sample_weight)
-
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         batch = ops.shape(y_pred)[0]
-        hard = self._hard_loss(y, y_pred, sample_weight)
         extra = 0.0
         for value in self.losses:
             extra = extra + ops.sum(ops.cast(value, "float32"))
+        if self.loss is None:
+            values = cross_entropy_per_sample(y_pred, y, self.from_logits)
+            hard = weighted_mean(values, sample_weight)
+        else:
+            # The compiled loss plus regularization, through the public
+            # `compute_loss` (which also builds the compiled loss once).
+            base = super().compute_loss(
+                x=x,
+                y=y,
+                y_pred=y_pred,
+                sample_weight=sample_weight,
+                training=training,
+            )
+            hard = ops.cast(base, "float32") - extra
         self.student_loss_tracker.update_state(hard, sample_weight=batch)
         if not training:
             return hard + extra
