@@ -31,14 +31,14 @@ def _parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p, epochs, out):
+    def common(p, epochs, out, seeds=1):
         p.add_argument(
             "--backend",
             choices=list(FRAMEWORKS),
             help="Keras backend, set before Keras is imported",
         )
         p.add_argument("--epochs", type=_positive("--epochs"), default=epochs)
-        p.add_argument("--seeds", type=_positive("--seeds"), default=1)
+        p.add_argument("--seeds", type=_positive("--seeds"), default=seeds)
         p.add_argument("--out", default=out, help="report folder")
         p.add_argument(
             "--quick",
@@ -69,18 +69,52 @@ def _parser():
         default=list(TECHNIQUES),
         help="comma-separated subset of: " + ", ".join(TECHNIQUES),
     )
+    distill = sub.add_parser(
+        "distill",
+        help="a large teacher, a small student trained alone, and the same "
+        "student distilled from the teacher",
+    )
+    common(distill, 100, "keras-regularize-distill", seeds=3)
+    uncertainty = sub.add_parser(
+        "uncertainty",
+        help="MC dropout: accuracy against predictive entropy and the most "
+        "uncertain digits",
+    )
+    common(uncertainty, 40, "keras-regularize-uncertainty")
+    uncertainty.add_argument(
+        "--samples",
+        type=_positive("--samples"),
+        default=30,
+        help="stochastic forward passes per input",
+    )
     return parser
 
 
+SUBDEMOS = ("distill", "uncertainty")
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `keras-regularize demo distill` is the same as `keras-regularize distill`.
+    if argv[:1] == ["demo"] and argv[1:2] and argv[1] in SUBDEMOS:
+        argv = argv[1:]
     args = _parser().parse_args(argv)
     if args.quick:
         args.epochs, args.seeds = min(args.epochs, 3), 1
+        if args.command == "uncertainty":
+            args.samples = min(args.samples, 5)
     if args.command == "demo":
         from keras_regularize._demo import overfitting
 
         overfitting.run(args.techniques, args.epochs, args.seeds, args.out)
+    elif args.command == "distill":
+        from keras_regularize._demo import distill
+
+        distill.run(args.epochs, args.seeds, args.out)
+    elif args.command == "uncertainty":
+        from keras_regularize._demo import uncertainty
+
+        uncertainty.run(args.epochs, args.seeds, args.out, args.samples)
     return 0
 
 

@@ -49,6 +49,53 @@ def test_demo_quick_writes_table_report_and_plots(tmp_path, capsys):
         assert _png_ok(out / png), png
 
 
+def _table_rows(text, first_column):
+    """The markdown rows of `report.md` as lists of stripped cells."""
+    return [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and not line.startswith(f"| {first_column}")
+    ]
+
+
+@pytest.mark.parametrize("prefix", [[], ["demo"]])
+def test_distill_quick_writes_table_report_and_plots(tmp_path, capsys, prefix):
+    out = tmp_path / "distill"
+    main(prefix + ["distill", "--quick", "--out", str(out)])
+    assert "student distilled" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    header = "| model | weights | train acc | val acc | val loss | seconds |"
+    assert header in text
+    rows = {r[0]: r for r in _table_rows(text, "model")}
+    assert set(rows) == {"teacher", "student alone", "student distilled"}
+    # Same student architecture alone and distilled; a larger teacher.
+    weights = {k: int(r[1].replace(",", "")) for k, r in rows.items()}
+    assert weights["student alone"] == weights["student distilled"]
+    assert weights["teacher"] > 10 * weights["student alone"]
+    for row in rows.values():
+        assert 0.0 <= float(row[3]) <= 1.0 and float(row[4]) > 0.0
+    for png in ("val_accuracy.png", "accuracy.png"):
+        assert _png_ok(out / png), png
+
+
+def test_uncertainty_quick_writes_table_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "uncertainty"
+    main(["uncertainty", "--quick", "--out", str(out)])
+    assert "most certain" in capsys.readouterr().out
+    text = (out / "report.md").read_text()
+    assert "| most certain | accuracy | mean entropy | max entropy |" in text
+    rows = _table_rows(text, "most certain")
+    assert [r[0] for r in rows] == ["100%", "90%", "75%", "50%", "25%"]
+    accuracy = [float(r[1]) for r in rows]
+    mean_entropy = [float(r[2]) for r in rows]
+    # Keeping only the most certain inputs lowers their mean entropy; their
+    # accuracy is not lower than on all inputs (ties only if all correct).
+    assert mean_entropy == sorted(mean_entropy, reverse=True)
+    assert min(accuracy[1:]) >= accuracy[0] - 1e-9
+    for png in ("accuracy_vs_entropy.png", "most_uncertain.png"):
+        assert _png_ok(out / png), png
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
@@ -56,6 +103,9 @@ def test_demo_quick_writes_table_report_and_plots(tmp_path, capsys):
         (["demo", "--seeds", "0"], "--seeds.*received '0'"),
         (["demo", "--techniques", "dropout,magic"], "unknown.*magic"),
         (["demo", "--backend", "mxnet"], "--backend.*'mxnet'"),
+        (["distill", "--epochs", "-1"], "--epochs.*received '-1'"),
+        (["uncertainty", "--samples", "0"], "--samples.*received '0'"),
+        (["uncertainty", "--seeds", "two"], "--seeds.*received 'two'"),
     ],
 )
 def test_bad_flags_name_the_flag_and_value(argv, message, capsys):

@@ -417,13 +417,14 @@ def test_registered_under_the_package():
 @pytest.mark.slow
 def test_digits_distilled_student_at_least_matches_student_alone():
     # scikit-learn's bundled 8x8 digits (no download): 500 training images.
-    # A 2x512 teacher (input noise, dropout) is trained once; a 64-16-10
-    # student is then trained alone and distilled with the same optimizer,
-    # epochs and batches, over 4 seeds. Mean test accuracy is compared.
-    # Measured (CPU, 4 seeds): jax 0.948 distilled vs 0.945 alone; with a
-    # 64-unit student on tensorflow 0.955 vs 0.960. The gain is within seed
-    # noise here, so the check is "no worse than alone by more than one
-    # point", not the strict ">=" the issue asked for (see the report).
+    # A 2x512 teacher (input noise, dropout) is trained once; a 64-256-10
+    # student (the issue's benchmark student shape, 16x fewer weights than
+    # the teacher) is then trained alone and distilled (T=4, alpha=0.7)
+    # with the same optimizer, initial weights, epochs and batches, over 4
+    # seeds, and the mean accuracy on the 1,297 held-out digits compared.
+    # Measured on jax: +0.004 on each of seeds 0-2. A much narrower student
+    # (64-16-10) converges more slowly on soft targets and loses this race
+    # at a 100-epoch budget; see docs/techniques/distillation.md.
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -456,7 +457,7 @@ def test_digits_distilled_student_at_least_matches_student_alone():
 
     def accuracy(seed, distill):
         keras.utils.set_random_seed(seed)
-        student = net([16], seed)
+        student = net([256], seed)
         if distill:
             model = Distiller(
                 student,
@@ -476,4 +477,4 @@ def test_digits_distilled_student_at_least_matches_student_alone():
     seeds = range(4)
     alone = np.mean([accuracy(s, False) for s in seeds])
     distilled = np.mean([accuracy(s, True) for s in seeds])
-    assert distilled >= alone - 0.01, (distilled, alone)
+    assert distilled >= alone, (distilled, alone)
