@@ -58,10 +58,9 @@ def _table_rows(text, first_column):
     ]
 
 
-@pytest.mark.parametrize("prefix", [[], ["demo"]])
-def test_distill_quick_writes_table_report_and_plots(tmp_path, capsys, prefix):
+def test_distill_quick_writes_table_report_and_plots(tmp_path, capsys):
     out = tmp_path / "distill"
-    main(prefix + ["distill", "--quick", "--out", str(out)])
+    main(["distill", "--quick", "--out", str(out)])
     assert "student distilled" in capsys.readouterr().out
     text = (out / "report.md").read_text()
     header = "| model | weights | train acc | val acc | val loss | seconds |"
@@ -76,6 +75,17 @@ def test_distill_quick_writes_table_report_and_plots(tmp_path, capsys, prefix):
         assert 0.0 <= float(row[3]) <= 1.0 and float(row[4]) > 0.0
     for png in ("val_accuracy.png", "accuracy.png"):
         assert _png_ok(out / png), png
+
+
+@pytest.mark.parametrize("command", ["distill", "uncertainty"])
+def test_demo_prefix_is_an_alias(monkeypatch, command):
+    import importlib
+
+    module = importlib.import_module(f"keras_regularize._demo.{command}")
+    calls = []
+    monkeypatch.setattr(module, "run", lambda *args: calls.append(args))
+    main(["demo", command, "--quick", "--out", "x"])
+    assert calls and calls[0][:3] == (3, 1, "x")
 
 
 def test_uncertainty_quick_writes_table_report_and_plots(tmp_path, capsys):
