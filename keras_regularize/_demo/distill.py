@@ -182,24 +182,17 @@ def run(epochs, seeds, out):
         "Teacher, student alone, distilled student",
         os.path.join(out, "accuracy.png"),
     )
-    lines = [
-        "# Knowledge distillation on handwritten digits",
-        "",
+    report.write_report(
+        out,
+        "Knowledge distillation on handwritten digits",
         f"Backend `{keras.backend.backend()}`, {epochs} epochs, {seeds} "
         f"seed(s); {len(split[0])} training / {len(split[2])} validation "
         "images. The student is trained twice with the same budget and "
         "initial weights: alone on the labels, and with "
         f"`keras_regularize.models.Distiller` (temperature {TEMPERATURE}, "
-        f"alpha {ALPHA}, cached teacher outputs). Mean ± std over seeds.",
-        "",
-        report.markdown_table(COLUMNS, rows),
-        "",
-        f"![validation accuracy]({os.path.basename(curves)})",
-        "",
-        f"![accuracy]({os.path.basename(bars)})",
-        "",
-    ]
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("\n".join(lines))
-    print(f"\nReport written to {os.path.join(out, 'report.md')}")
+        f"alpha {ALPHA}, cached teacher outputs). The teacher trains for "
+        "twice as many epochs. Mean ± std over seeds.",
+        [report.markdown_table(COLUMNS, rows)],
+        {"validation accuracy": curves, "accuracy": bars},
+    )
     return rows

@@ -126,28 +126,21 @@ def run(names, epochs, seeds, out):
         "Generalization gap (lower is better)",
         os.path.join(out, "gap.png"),
     )
-    lines = [
-        "# Regularization on handwritten digits",
-        "",
+    settings = [f"| {n} | {tech.LABELS[n]} |" for n in names]
+    report.write_report(
+        out,
+        "Regularization on handwritten digits",
         f"Backend `{keras.backend.backend()}`, {epochs} epochs, {seeds} "
         f"seed(s); {len(split[0])} training / {len(split[2])} validation "
         "images (scikit-learn digits, stratified split). Mean ± std over "
         "seeds. `best epoch` is the epoch of the lowest validation loss.",
-        "",
-        report.markdown_table(COLUMNS, rows),
-        "",
-        "| technique | setting |",
-        "|---|---|",
-    ]
-    lines += [f"| {n} | {tech.LABELS[n]} |" for n in names]
-    lines += [
-        "",
-        f"![loss curves]({os.path.basename(curves)})",
-        "",
-        f"![generalization gap]({os.path.basename(bars)})",
-        "",
-    ]
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("\n".join(lines))
-    print(f"\nReport written to {os.path.join(out, 'report.md')}")
+        [
+            report.markdown_table(COLUMNS, rows),
+            "",
+            "| technique | setting |",
+            "|---|---|",
+            *settings,
+        ],
+        {"loss curves": curves, "generalization gap": bars},
+    )
     return rows

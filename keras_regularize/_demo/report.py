@@ -88,3 +88,18 @@ def check_writable(out):
             f"keras-regularize: error: argument --out: cannot write to "
             f"{out!r} ({e.strerror or e})"
         ) from None
+
+
+def write_report(out, title, intro, body, images):
+    """Writes `out/report.md`: title, intro paragraph, body lines, images.
+
+    `images` maps alt text to the PNG paths (inside `out`) to embed.
+    """
+    lines = [f"# {title}", "", intro, "", *body, ""]
+    for alt, path in images.items():
+        lines += [f"![{alt}]({os.path.basename(path)})", ""]
+    path = os.path.join(out, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print(f"\nReport written to {path}")
+    return path

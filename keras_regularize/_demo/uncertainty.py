@@ -187,27 +187,21 @@ def run(epochs, seeds, out, samples=30):
     grid = plot_most_uncertain(
         runs[0], x_val, y_val, os.path.join(out, "most_uncertain.png")
     )
-    lines = [
-        "# MC dropout uncertainty on handwritten digits",
-        "",
+    report.write_report(
+        out,
+        "MC dropout uncertainty on handwritten digits",
         f"Backend `{keras.backend.backend()}`, {epochs} epochs, {seeds} "
         f"seed(s), {samples} samples per input from "
         "`keras_regularize.models.mc_predict` on the network converted by "
         f"`with_mc_dropout` (dropout {DROPOUT}). Validation digits are "
         "ranked by predictive entropy; each row keeps the given share of "
         "the most certain ones. Mean ± std over seeds.",
-        "",
-        report.markdown_table(COLUMNS, rows),
-        "",
-        f"All validation digits: MC mean prediction accuracy {mc_acc}, "
-        f"deterministic prediction (dropout off) {det_acc}.",
-        "",
-        f"![accuracy vs entropy]({os.path.basename(curve)})",
-        "",
-        f"![most uncertain digits]({os.path.basename(grid)})",
-        "",
-    ]
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write("\n".join(lines))
-    print(f"\nReport written to {os.path.join(out, 'report.md')}")
+        [
+            report.markdown_table(COLUMNS, rows),
+            "",
+            f"All validation digits: MC mean prediction accuracy {mc_acc}, "
+            f"deterministic prediction (dropout off) {det_acc}.",
+        ],
+        {"accuracy vs entropy": curve, "most uncertain digits": grid},
+    )
     return rows

@@ -18,6 +18,7 @@ from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_rate
 from keras_regularize._validation import check_seed
+from keras_regularize._variables import add_scalar
 
 MODES = ("batch", "pair", "elem")
 
@@ -434,15 +435,7 @@ class BaseMixing(keras.layers.Layer):
         if hasattr(self, attribute):
             getattr(self, attribute).assign(value)
         else:
-            variable = self.add_weight(
-                shape=(),
-                initializer=keras.initializers.Constant(value),
-                trainable=False,
-                dtype="float32",
-                autocast=False,
-                name=name,
-            )
-            setattr(self, attribute, variable)
+            setattr(self, attribute, add_scalar(self, name, value))
         self._scalars[name] = value
 
     def _axes(self, images):

@@ -3,6 +3,7 @@
 import keras
 
 from keras_regularize._validation import check_rate
+from keras_regularize._variables import add_scalar
 
 
 class RateLayer(keras.layers.Layer):
@@ -17,14 +18,7 @@ class RateLayer(keras.layers.Layer):
     def __init__(self, rate, **kwargs):
         super().__init__(**kwargs)
         rate = check_rate("rate", rate)
-        self.rate_variable = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(rate),
-            trainable=False,
-            dtype="float32",
-            autocast=False,
-            name="rate",
-        )
+        self.rate_variable = add_scalar(self, "rate", rate)
         # Mirrors the variable on the host so `get_config` needs no device
         # read; kept in sync by the setter.
         self._rate_value = rate

@@ -6,6 +6,7 @@ from keras import ops
 
 from keras_regularize._export import export
 from keras_regularize._validation import check_number
+from keras_regularize._variables import add_scalar
 from keras_regularize.losses.distillation_loss import cross_entropy_per_sample
 from keras_regularize.losses.distillation_loss import kl_per_sample
 from keras_regularize.losses.distillation_loss import soft_targets
@@ -158,8 +159,8 @@ class Distiller(keras.Model):
             t.trainable = False
         self.from_logits = from_logits
         self.cache_teacher_outputs = cache_teacher_outputs
-        self.temperature_variable = self._scalar("temperature", temperature)
-        self.alpha_variable = self._scalar("alpha", alpha)
+        self.temperature_variable = add_scalar(self, "temperature", temperature)
+        self.alpha_variable = add_scalar(self, "alpha", alpha)
         self._temperature_value = temperature
         self._alpha_value = alpha
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
@@ -192,16 +193,6 @@ class Distiller(keras.Model):
                     f"{(None,) + student_shape}",
                     f"teacher[{i}] with output shape {(None,) + shape}",
                 )
-
-    def _scalar(self, name, value):
-        return self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(value),
-            trainable=False,
-            dtype="float32",
-            autocast=False,
-            name=name,
-        )
 
     @property
     def teacher(self):
