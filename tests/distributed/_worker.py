@@ -205,6 +205,7 @@ def _decisions(batches, batch_size, replicas):
         "residual_kept": [bool(s[0, 0] > 1.5) for s in batch_mode],
         "drop_path_kept": [bool(s[0, 4] > 0.5) for s in batch_mode],
         "row_keep_fraction": float(row_kept.mean()),
+        "row_mask": row_kept.astype(int).tolist(),
         # Steps in which every replica drew the same per-sample mask.
         "row_shards_identical": int(sum((s == s[0]).all() for s in shards)),
     }
@@ -498,9 +499,104 @@ def tf_mirrored():
     return result
 
 
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torch_train(case, rate, x, y, steps, ddp_rank=None):
+    """A plain torch loop over a Keras model, as under DDP.
+
+    Keras's `fit` has no DDP support (its torch trainer neither wraps the
+    model nor all-reduces gradients), so data-parallel torch training uses
+    the model as a `torch.nn.Module` in a torch loop.
+    """
+    import torch
+
+    model, _ = CASES[case](rate, seed=1)
+    module = model
+    if ddp_rank is not None:
+        module = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(
+        [p for p in module.parameters() if p.requires_grad], lr=0.05
+    )
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(module(x, training=True), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    weights = [np.array(w) for w in model.get_weights()]
+    return losses, weights
+
+
+def _torch_rank(rank, port, directory):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    try:
+        x, y = _data(n=16)
+        shard = slice(8 * rank, 8 * (rank + 1))
+        runs = {}
+        for case in ("stochastic_depth", "stochastic_depth_row"):
+            for rate in (0.0, 0.5):
+                losses, weights = _torch_train(
+                    case, rate, x[shard], y[shard], steps=12, ddp_rank=rank
+                )
+                runs[f"{case}/{rate}"] = {"losses": losses, "weights": weights}
+        keras.utils.set_random_seed(5)
+        decisions = _decisions(24, 8, 1)
+        np.savez(
+            os.path.join(directory, f"rank{rank}.npz"),
+            runs=np.array(runs, dtype=object),
+            decisions=np.array(decisions, dtype=object),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def torch_ddp(directory=None):
+    """Two gloo processes on this CPU, each with half of every batch."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_torch_rank, args=(_free_port(), directory), nprocs=2)
+    ranks = [
+        np.load(os.path.join(directory, f"rank{r}.npz"), allow_pickle=True)
+        for r in range(2)
+    ]
+    runs = [r["runs"].item() for r in ranks]
+    decisions = [r["decisions"].item() for r in ranks]
+    x, y = _data(n=16)
+    result = {"cases": {}, "decisions": decisions}
+    for key in runs[0]:
+        case, rate = key.split("/")
+        losses, weights = _torch_train(case, float(rate), x, y, steps=12)
+        result["cases"][key] = {
+            "single_loss": losses,
+            # The mean of the two ranks' losses is the full-batch loss.
+            "ddp_loss": [
+                (a + b) / 2
+                for a, b in zip(runs[0][key]["losses"], runs[1][key]["losses"])
+            ],
+            "weight_diff": _max_diff(weights, runs[0][key]["weights"]),
+            "rank_weight_diff": _max_diff(
+                runs[0][key]["weights"], runs[1][key]["weights"]
+            ),
+        }
+    return result
+
+
 COMMANDS = {
     "jax_data_parallel": jax_data_parallel,
     "tf_mirrored": tf_mirrored,
+    "torch_ddp": torch_ddp,
     "sigkill": sigkill,
     "sigint": sigint,
 }

@@ -28,6 +28,12 @@ def tf_result():
     return run_worker("tf_mirrored")
 
 
+@pytest.fixture(scope="module")
+def torch_result(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("ddp")
+    return run_worker("torch_ddp", {"directory": str(directory)})
+
+
 def _result(request):
     if BACKEND == "jax":
         return request.getfixturevalue("jax_result")
@@ -39,7 +45,7 @@ def _result(request):
 engines = pytest.mark.skipif(
     BACKEND not in ("jax", "tensorflow"),
     reason="DataParallel runs on jax, MirroredStrategy on tensorflow; "
-    "torch uses DDP (torch_ddp_test.py)",
+    "torch uses DDP (the test_torch_ddp_ tests)",
 )
 
 
@@ -163,3 +169,43 @@ def test_tf_batch_not_divisible_by_replicas_raises(tf_result, model):
     assert error.startswith("InvalidArgumentError")
     assert "must have the same size and shape" in error
     assert "Input 0: [8,8] != input 1: [7,8]" in error
+
+
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="torch DDP only")
+
+
+@torch_only
+@pytest.mark.parametrize("case", ["stochastic_depth", "stochastic_depth_row"])
+def test_torch_ddp_rate_zero_equals_single_process(torch_result, case):
+    run = torch_result["cases"][f"{case}/0.0"]
+    np.testing.assert_allclose(run["ddp_loss"], run["single_loss"], rtol=TOL)
+    assert run["weight_diff"] < TOL
+    assert run["rank_weight_diff"] == 0.0
+
+
+@torch_only
+def test_torch_ddp_batch_mode_equals_single_process(torch_result):
+    # Same seeds on both ranks: one shared decision per step, the one a
+    # single process takes, so the runs match step for step.
+    run = torch_result["cases"]["stochastic_depth/0.5"]
+    np.testing.assert_allclose(run["ddp_loss"], run["single_loss"], rtol=TOL)
+    assert run["weight_diff"] < TOL
+    assert run["rank_weight_diff"] == 0.0
+
+
+@torch_only
+def test_torch_ddp_row_mode_trains_in_sync(torch_result):
+    run = torch_result["cases"]["stochastic_depth_row/0.5"]
+    assert run["rank_weight_diff"] == 0.0  # DDP kept the ranks equal
+    assert np.mean(run["ddp_loss"][-3:]) < 0.5 * run["ddp_loss"][0], run
+
+
+@torch_only
+def test_torch_ddp_batch_mode_decisions_agree_across_ranks(torch_result):
+    first, second = torch_result["decisions"]
+    for key in ("residual_kept", "drop_path_kept"):
+        assert first[key] == second[key]
+        assert 4 <= sum(first[key]) <= 20, first[key]
+    # Same seed on both ranks: the per-sample masks repeat across ranks
+    # too (as under MirroredStrategy; see docs/distributed.md).
+    assert first["row_mask"] == second["row_mask"]
