@@ -255,7 +255,10 @@ def _fault_model(seed=0):
             keras.layers.Dense(1),
         ]
     )
-    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss="mse",
+    )
     return model
 
 
@@ -330,16 +333,31 @@ def _best_records(directory, runs):
     return best
 
 
+def _announce_writes(signal_fd):
+    """Makes this (child) process write `w` to `signal_fd` per checkpoint.
+
+    The byte goes out just before `keras.saving.save_weights` starts, so a
+    parent that waits for it can kill the child in the middle of a write.
+    """
+    save = keras.saving.save_weights
+
+    def announced(*args, **kwargs):
+        os.write(signal_fd, b"w")
+        return save(*args, **kwargs)
+
+    keras.saving.save_weights = announced
+
+
 def sigkill(kills=20, seed=0, directory=None):
     """Kills training children with SIGKILL at random moments.
 
     This process imports Keras once, then forks one child per kill (no
-    framework computation runs here before the forks). Most kills land a
-    random fraction of a millisecond to a few milliseconds after a child
-    announced an epoch end, i.e. during a checkpoint write; the others at
-    a random time. Each kill leaves the checkpoint that the next child
-    overwrites, so every surviving file is copied aside and loaded at the
-    end.
+    framework computation runs here before the forks). Two kills in three
+    land a random 0-3 ms after a child announced the start of a checkpoint
+    write (`w`), i.e. mostly during the write; the others a random 0-30 ms
+    after an epoch end (`e`). Each kill leaves the checkpoint that the next
+    child overwrites, so every surviving file is copied aside and loaded at
+    the end.
     """
     import random
     import shutil
@@ -357,18 +375,21 @@ def sigkill(kills=20, seed=0, directory=None):
         if pid == 0:
             os.close(read_fd)
             try:
+                _announce_writes(write_fd)
                 _fault_child(directory, run, write_fd)
             finally:
                 os._exit(0)
         os.close(write_fd)
-        epochs = rng.randint(1, 4)
-        for _ in range(epochs):
-            if not os.read(read_fd, 1):
-                break
-        if rng.random() < 0.8:
-            time.sleep(rng.uniform(0.0, 0.004))
+        if rng.random() < 2 / 3:
+            wanted, count, delay = b"w", rng.randint(1, 2), 0.003
         else:
-            time.sleep(rng.uniform(0.0, 0.05))
+            wanted, count, delay = b"e", rng.randint(1, 4), 0.03
+        while count:
+            byte = os.read(read_fd, 1)
+            if not byte:
+                break
+            count -= byte == wanted
+        time.sleep(rng.uniform(0.0, delay))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(read_fd)
@@ -397,42 +418,173 @@ def sigkill(kills=20, seed=0, directory=None):
     return {"kills": kills, "mid_write": mid_write, "matches": matches}
 
 
-def sigint(directory=None, after_epochs=3):
-    """SIGINT (Ctrl-C) at a random moment of a fit; compares with the best."""
+def sigint(directory=None, repeats=5, seed=0):
+    """SIGINT (Ctrl-C) at random moments of `fit`; compares with the best.
+
+    Each repeat trains a fresh model and is interrupted a random 0-20 ms
+    after its 1st to 4th epoch end, so the interrupt lands in a training
+    step, a callback or a checkpoint write.
+    """
     import signal
     import threading
     import time
 
-    read_fd, write_fd = os.pipe()
+    rng = np.random.default_rng(seed)
+    runs = []
+    for run in range(repeats):
+        read_fd, write_fd = os.pipe()
+        epochs, delay = int(rng.integers(1, 5)), float(rng.uniform(0, 0.02))
 
-    def interrupt():
-        for _ in range(after_epochs):
-            os.read(read_fd, 1)
-        time.sleep(np.random.default_rng(1).uniform(0.0, 0.01))
-        os.kill(os.getpid(), signal.SIGINT)
+        sent = []
 
-    threading.Thread(target=interrupt, daemon=True).start()
-    holder = {}
+        def interrupt(read_fd=read_fd, epochs=epochs, delay=delay, sent=sent):
+            for _ in range(epochs):
+                os.read(read_fd, 1)
+            time.sleep(delay)
+            os.kill(os.getpid(), signal.SIGINT)
+            sent.append(delay)
+            # CPython drops a KeyboardInterrupt raised inside a finalizer
+            # (e.g. a weakref callback, "Exception ignored in ..."), and
+            # training goes on: press Ctrl-C again at the next epoch end,
+            # as a user would. The pipe closes once `fit` has returned.
+            while os.read(read_fd, 1):
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.append(0.0)
+
+        thread = threading.Thread(target=interrupt, daemon=True)
+        thread.start()
+        holder = {}
+        try:
+            _fault_child(directory, run, write_fd, holder)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+        os.close(write_fd)
+        thread.join()
+        os.close(read_fd)
+        stop = holder["stop"]
+        best = _best_records(directory, run + 1)
+        # The interrupt may land after the recorder saw an epoch and
+        # before the callback did: compare with the callback's own best
+        # epoch, which must be one of the recorded best epochs.
+        expected = best.get((run, stop.best_epoch))
+        runs.append(
+            {
+                "interrupted": interrupted,
+                "sigints": len(sent),
+                "stop_reason": stop.stop_reason,
+                "best_epoch": stop.best_epoch,
+                "best_epochs": sorted(e for r, e in best if r == run),
+                "model_is_best": expected is not None
+                and bool(np.array_equal(_flat(holder["model"]), expected)),
+                "debug": {
+                    e: float(np.mean(_flat(holder["model"]) == w))
+                    for (r, e), w in best.items()
+                    if r == run
+                },
+            }
+        )
+    return runs
+
+
+_NOBODY = (65534, 65534)
+
+
+def _drop_root():
+    """Runs the rest of this process as `nobody` (uid 65534).
+
+    Root ignores permission bits, so a directory made read-only with
+    `chmod` would stay writable to it; an unprivileged user is held to
+    them, as a training job on a shared file system would be.
+    """
+    os.setgroups([])
+    os.setgid(_NOBODY[1])
+    os.setuid(_NOBODY[0])
+
+
+class MakeReadOnly(keras.callbacks.Callback):
+    """Makes the checkpoint directory read-only after epoch `epoch`."""
+
+    def __init__(self, directory, epoch):
+        super().__init__()
+        self.directory = directory
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            os.chmod(self.directory, 0o555)
+
+
+def read_only(after_epoch=3):
+    """A checkpoint directory that becomes read-only during `fit`."""
+    import shutil
+    import tempfile
+
+    # Not under pytest's root-only (0700) tree: `nobody` must reach it.
+    base = tempfile.mkdtemp(prefix="kr-read-only-")
+    records = os.path.join(base, "records")
+    directory = os.path.join(base, "checkpoints")
+    checkpoint = os.path.join(directory, "best.weights.h5")
+    # Everything that loads lazily (h5py, zip codecs) is loaded now: as
+    # `nobody` this process may not read the interpreter's own files.
+    model = _fault_model()
+    os.makedirs(records)
+    os.makedirs(directory)
+    model.save_weights(checkpoint)
+    model.load_weights(checkpoint)
+    np.savez(os.path.join(records, "warm.npz"), weights=_flat(model))
+    np.load(os.path.join(records, "warm.npz"))["weights"]
+    os.remove(checkpoint)
+    dropped = False
+    if os.geteuid() == 0:
+        for path in (base, records, directory):
+            os.chown(path, *_NOBODY)
+        _drop_root()
+        dropped = True
+    x, y = _data(n=16)
+    stop = kr.callbacks.EarlyStoppingRestore(
+        monitor="score", patience=100, checkpoint_path=checkpoint
+    )
+    recorder = Recorder(records, 0, None, seed=3)
+    chmod = MakeReadOnly(directory, after_epoch)
+    error = None
     try:
-        _fault_child(directory, 0, write_fd, holder)
-    except KeyboardInterrupt:
-        interrupted = True
-    else:
-        interrupted = False
-    stop = holder["stop"]
-    best = _best_records(directory, 1)
-    # The interrupt may land after the recorder saw an epoch and before the
-    # callback did: compare with the callback's own best epoch, which must
-    # be one of the recorded best epochs.
-    expected = best.get((0, stop.best_epoch))
-    return {
-        "interrupted": interrupted,
-        "stop_reason": stop.stop_reason,
-        "best_epoch": stop.best_epoch,
-        "best_epochs": sorted(e for _, e in best),
-        "model_is_best": expected is not None
-        and bool(np.array_equal(_flat(holder["model"]), expected)),
-    }
+        with stop.restore_on_error():
+            model.fit(
+                x,
+                y,
+                batch_size=16,
+                epochs=50,
+                callbacks=[recorder, chmod, stop],
+                verbose=0,
+            )
+    except OSError as caught:
+        error = f"{type(caught).__name__}: {caught}"
+    try:
+        best = _best_records(records, 1)
+        last_before = max(e for (_, e) in best if e <= after_epoch)
+        saved = _fault_model()
+        saved.load_weights(checkpoint)
+        return {
+            "dropped_root": dropped,
+            "checkpoint": checkpoint,
+            "error": error,
+            "best_epoch": stop.best_epoch,
+            "stop_reason": stop.stop_reason,
+            "after_epoch": after_epoch,
+            "best_epochs": sorted(e for _, e in best),
+            "file_is_last_best_before": bool(
+                np.array_equal(_flat(saved), best[(0, last_before)])
+            ),
+            "model_is_best": bool(
+                np.array_equal(_flat(model), best[(0, stop.best_epoch)])
+            ),
+            "files": sorted(os.listdir(directory)),
+        }
+    finally:
+        os.chmod(directory, 0o755)
+        shutil.rmtree(base)
 
 
 # -- engines -----------------------------------------------------------------
@@ -599,6 +751,7 @@ COMMANDS = {
     "torch_ddp": torch_ddp,
     "sigkill": sigkill,
     "sigint": sigint,
+    "read_only": read_only,
 }
 
 
