@@ -528,6 +528,8 @@ def read_only(after_epoch=3):
     checkpoint = os.path.join(directory, "best.weights.h5")
     # Everything that loads lazily (h5py, zip codecs) is loaded now: as
     # `nobody` this process may not read the interpreter's own files.
+    x, y = _data(n=16)
+    _fault_model().fit(x, y, epochs=1, verbose=0)
     model = _fault_model()
     os.makedirs(records)
     os.makedirs(directory)
@@ -542,7 +544,6 @@ def read_only(after_epoch=3):
             os.chown(path, *_NOBODY)
         _drop_root()
         dropped = True
-    x, y = _data(n=16)
     stop = kr.callbacks.EarlyStoppingRestore(
         monitor="score", patience=100, checkpoint_path=checkpoint
     )
