@@ -237,11 +237,8 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
                 self._stop(epoch, "patience")
             return
         if self._improves(current):
-            self.best = current
-            self.best_epoch = epoch
             self.wait = 0
-            if self.restore_best:
-                self._keep_best()
+            self._record_best(epoch, current)
             if self.checkpoint_path is not None:
                 self._write_checkpoint()
         else:
@@ -337,6 +334,20 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         if not self._warned:
             warnings.warn(message, stacklevel=2)
             self._warned = True
+
+    def _record_best(self, epoch, current):
+        # A KeyboardInterrupt landing in the middle of the copy would leave
+        # a snapshot that is part old best, part new; finish the copy and
+        # the bookkeeping first, then let the interrupt go on.
+        try:
+            if self.restore_best:
+                self._keep_best()
+            self.best, self.best_epoch = current, epoch
+        except BaseException:
+            if self.restore_best:
+                self._keep_best()
+            self.best, self.best_epoch = current, epoch
+            raise
 
     def _keep_best(self):
         if self._variables is None:
@@ -449,7 +460,19 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             with open(temporary, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(temporary, self.checkpoint_path)
-        except BaseException:
+        except BaseException as error:
             with contextlib.suppress(OSError):
                 os.remove(temporary)
-            raise
+            if not isinstance(error, OSError):
+                raise
+            # The directory became unwritable (or full) during training.
+            # The previous checkpoint was never opened, so it is intact;
+            # the model holds the new best weights, which are kept.
+            self._after_error()
+            raise OSError(
+                "EarlyStoppingRestore could not write the best weights of "
+                f"epoch {self.best_epoch + 1} to `checkpoint_path` "
+                f"{self.checkpoint_path!r} (is its directory still "
+                "writable?). The file there, if any, still holds an earlier "
+                f"best epoch. Cause: {error}"
+            ) from error

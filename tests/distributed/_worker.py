@@ -1,0 +1,766 @@
+"""Training runs for tests/distributed, each in a fresh Python process.
+
+Device counts (`XLA_FLAGS`, TensorFlow logical devices) and process groups
+must be set before the framework starts, so the tests launch this script
+with `sys.executable` and read the one JSON line it prints after `RESULT `:
+
+    KERAS_BACKEND=jax XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python tests/distributed/_worker.py jax_data_parallel '{}'
+
+Components are exercised through `CASES`: a case builds a compiled model and
+its data from `(rate, seed)`. To cover a new component (`MixingModel`,
+`Distiller`), write one builder and add it to `CASES`; the engines' tests
+take their case names from `CASES`.
+"""
+
+import json
+import os
+import sys
+
+if __name__ == "__main__" and sys.argv[1].startswith("tf_"):
+    # Two logical CPU devices; only possible before TensorFlow initializes.
+    import tensorflow as tf
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        _cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+    )
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_regularize as kr  # noqa: E402
+
+# -- components under test -------------------------------------------------
+
+
+def _data(n=64, features=8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = (x.sum(axis=1, keepdims=True) / 4.0).astype("float32")
+    return x, y
+
+
+def stochastic_depth_case(rate, seed, mode="batch"):
+    """Dense trunk with a `StochasticResidual` block and a `DropPath` branch.
+
+    `mode="batch"` makes both layers take one draw per step, so a replica
+    that decided differently from the others would change the result.
+    """
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(16, activation="tanh")(inputs)
+    h = kr.layers.StochasticResidual(
+        keras.layers.Dense(16, activation="tanh"),
+        rate=rate,
+        mode=mode,
+        seed=seed + 1,
+    )(h)
+    branch = keras.layers.Dense(16, activation="tanh")(h)
+    branch = kr.layers.DropPath(rate, mode=mode, seed=seed + 2)(branch)
+    h = keras.layers.Add()([h, branch])
+    outputs = keras.layers.Dense(1)(h)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
+    return model, _data()
+
+
+def stochastic_depth_row_case(rate, seed):
+    """The same model with one draw per sample (shards draw differently)."""
+    return stochastic_depth_case(rate, seed, mode="row")
+
+
+def _classes(n=64, features=8, seed=0):
+    x, _ = _data(n, features, seed)
+    y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0).astype("int32")
+    return x, y
+
+
+def _classifier(rate, seed, width=16):
+    inputs = keras.Input((8,))
+    h = keras.layers.Dense(width, activation="tanh")(inputs)
+    branch = keras.layers.Dense(width, activation="tanh")(h)
+    branch = kr.layers.DropPath(rate, seed=seed)(branch)
+    h = keras.layers.Add()([h, branch])
+    return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+
+def mixing_case(rate, seed):
+    """`MixingModel` with Mixup; `rate=0` switches mixing off entirely."""
+    keras.utils.set_random_seed(seed)
+    mixer = kr.layers.MixupLayer(
+        alpha=0.4, probability=1.0 if rate else 0.0, seed=seed + 1
+    )
+    model = kr.models.MixingModel(_classifier(rate, seed + 2), mixer)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model, _classes()
+
+
+def distiller_case(rate, seed):
+    """`Distiller` from a fixed teacher into a student with `DropPath`."""
+    keras.utils.set_random_seed(seed)
+    teacher = _classifier(0.0, seed + 3, width=32)
+    student = _classifier(rate, seed + 4)
+    model = kr.models.Distiller(student, teacher, temperature=2.0, alpha=0.5)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    return model, _classes()
+
+
+CASES = {
+    "stochastic_depth": stochastic_depth_case,
+    "stochastic_depth_row": stochastic_depth_row_case,
+    "mixing": mixing_case,
+    "distiller": distiller_case,
+}
+
+# Scripted monitor values: the best epoch (1) is not the last one, so a
+# restore is visible in the weights.
+SCORES = [3.0, 1.0, 2.0, 4.0]
+
+
+class Script(keras.callbacks.Callback):
+    """Writes `SCORES` into the logs and records each epoch's weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([np.array(w) for w in self.model.get_weights()])
+        logs["score"] = SCORES[epoch]
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
+
+
+def _fit(case, rate, seed, batch_size):
+    """Trains a case with EarlyStoppingRestore attached; returns a summary."""
+    model, (x, y) = CASES[case](rate, seed)
+    script = Script()
+    stop = kr.callbacks.EarlyStoppingRestore(monitor="score", patience=5)
+    history = model.fit(
+        x,
+        y,
+        batch_size=batch_size,
+        epochs=len(SCORES),
+        shuffle=False,
+        callbacks=[script, stop],
+        verbose=0,
+    )
+    final = [np.array(w) for w in model.get_weights()]
+    return {
+        "loss": [float(v) for v in history.history["loss"]],
+        "best_epoch": stop.best_epoch,
+        "restored": stop.restored,
+        # The restored weights are those of the best epoch, not the last.
+        "restore_error": _max_diff(final, script.weights[stop.best_epoch]),
+        "replicas": _replicas(model.trainable_weights[0]),
+        "last_vs_best": _max_diff(script.weights[-1], script.weights[1]),
+        "weights": final,
+    }
+
+
+class ForceTraining(keras.layers.Layer):
+    """Runs the wrapped layers in training mode, even inside `predict`."""
+
+    def __init__(self, wrapped, **kwargs):
+        super().__init__(**kwargs)
+        self.wrapped = wrapped
+
+    def call(self, x):
+        outputs = [layer(x, training=True) for layer in self.wrapped]
+        return keras.ops.concatenate(outputs, axis=-1)
+
+
+def _decisions(batches, batch_size, replicas):
+    """Per-step keep/drop decisions, read off every sample of every shard.
+
+    All samples are equal, so within one step every row of the batch-mode
+    outputs must be equal unless a replica drew its own decision. The
+    residual block adds `4 / keep` when kept (kernel of ones, rows of ones).
+    A row-mode `DropPath` is recorded too, to see whether the replicas'
+    per-sample masks are independent of each other.
+    """
+    residual = kr.layers.StochasticResidual(
+        keras.layers.Dense(4, kernel_initializer="ones"), rate=0.5, seed=7
+    )
+    drop_path = kr.layers.DropPath(0.5, mode="batch", seed=8)
+    row = kr.layers.DropPath(0.5, mode="row", seed=9)
+    inputs = keras.Input((4,))
+    layer = ForceTraining([residual, drop_path, row])
+    model = keras.Model(inputs, layer(inputs))
+    x = np.ones((batches * batch_size, 4), "float32")
+    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    out = out.reshape(batches, batch_size, 12)
+    batch_mode = out[..., :8]
+    row_kept = out[..., 8] > 0.5
+    shards = row_kept.reshape(batches, replicas, batch_size // replicas)
+    return {
+        # Distinct rows per step: 1 everywhere when replicas agree.
+        "distinct_rows": [len({r.tobytes() for r in s}) for s in batch_mode],
+        "residual_kept": [bool(s[0, 0] > 1.5) for s in batch_mode],
+        "drop_path_kept": [bool(s[0, 4] > 0.5) for s in batch_mode],
+        "row_keep_fraction": float(row_kept.mean()),
+        "row_mask": row_kept.astype(int).tolist(),
+        # Steps in which every replica drew the same per-sample mask.
+        "row_shards_identical": int(sum((s == s[0]).all() for s in shards)),
+    }
+
+
+def _replicas(variable):
+    """How many devices hold a copy of `variable`."""
+    value = variable.value
+    if keras.backend.backend() == "jax":
+        return len(value.sharding.device_set)
+    return len(getattr(value, "values", [value]))
+
+
+def _equivalence(distributed_fit):
+    """Single-device vs distributed runs of every case, plus a learning run."""
+    result = {}
+    for case in CASES:
+        for rate in (0.0, 0.5):
+            single = _fit(case, rate, seed=1, batch_size=16)
+            multi = distributed_fit(case, rate)
+            result[f"{case}/{rate}"] = {
+                "single_loss": single["loss"],
+                "multi_loss": multi["loss"],
+                "weight_diff": _max_diff(single["weights"], multi["weights"]),
+                "best_epoch": multi["best_epoch"],
+                "restored": multi["restored"],
+                "restore_error": multi["restore_error"],
+                "last_vs_best": multi["last_vs_best"],
+                "single_replicas": single["replicas"],
+                "multi_replicas": multi["replicas"],
+            }
+    return result
+
+
+# -- faults --------------------------------------------------------------------
+
+
+def _fault_model(seed=0):
+    """About 70k weights, so that a checkpoint write takes a moment."""
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(256, activation="tanh"),
+            kr.layers.DropPath(0.2, seed=seed),
+            keras.layers.Dense(256, activation="tanh"),
+            keras.layers.Dense(1),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01),
+        loss="mse",
+    )
+    return model
+
+
+def _flat(model):
+    return np.concatenate([np.ravel(w) for w in model.get_weights()])
+
+
+class Recorder(keras.callbacks.Callback):
+    """Scripts a random monitor value and saves each epoch's weights.
+
+    Runs before EarlyStoppingRestore: the record of epoch `e` is complete
+    (written to a temporary name, then renamed) before the checkpoint of
+    epoch `e` is started, and one byte on `signal_fd` tells the parent that
+    a checkpoint write may follow.
+    """
+
+    def __init__(self, directory, run, signal_fd, seed):
+        super().__init__()
+        self.directory = directory
+        self.run = run
+        self.signal_fd = signal_fd
+        self.rng = np.random.default_rng(seed)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = float(self.rng.uniform())
+        path = os.path.join(self.directory, f"run{self.run}_epoch{epoch}")
+        np.savez(
+            path + ".tmp.npz", weights=_flat(self.model), score=logs["score"]
+        )
+        os.replace(path + ".tmp.npz", path + ".npz")
+        if self.signal_fd is not None:
+            os.write(self.signal_fd, b"e")
+
+
+def _fault_child(directory, run, signal_fd, holder=None, epochs=10_000):
+    model = _fault_model(seed=run)
+    x, y = _data(n=16)
+    stop = kr.callbacks.EarlyStoppingRestore(
+        monitor="score",
+        patience=epochs,
+        checkpoint_path=os.path.join(directory, "best.weights.h5"),
+    )
+    recorder = Recorder(directory, run, signal_fd, seed=run)
+    if holder is not None:
+        holder.update(model=model, stop=stop)
+    with stop.restore_on_error():
+        model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=epochs,
+            callbacks=[recorder, stop],
+            verbose=0,
+        )
+    return model, stop
+
+
+def _best_records(directory, runs):
+    """Flat weights of every epoch that was a best epoch within its run."""
+    best = {}
+    for run in range(runs):
+        epoch, low = 0, np.inf
+        while True:
+            path = os.path.join(directory, f"run{run}_epoch{epoch}.npz")
+            if not os.path.exists(path):
+                break
+            record = np.load(path)
+            if float(record["score"]) < low:
+                low = float(record["score"])
+                best[(run, epoch)] = record["weights"]
+            epoch += 1
+    return best
+
+
+def _announce_writes(signal_fd):
+    """Makes this (child) process write `w` to `signal_fd` per checkpoint.
+
+    The byte goes out just before `keras.saving.save_weights` starts, so a
+    parent that waits for it can kill the child in the middle of a write.
+    """
+    save = keras.saving.save_weights
+
+    def announced(*args, **kwargs):
+        os.write(signal_fd, b"w")
+        return save(*args, **kwargs)
+
+    keras.saving.save_weights = announced
+
+
+def sigkill(kills=20, seed=0, directory=None):
+    """Kills training children with SIGKILL at random moments.
+
+    This process imports Keras once, then forks one child per kill (no
+    framework computation runs here before the forks). Two kills in three
+    land a random 0-3 ms after a child announced the start of a checkpoint
+    write (`w`), i.e. mostly during the write; the others a random 0-30 ms
+    after an epoch end (`e`). Each kill leaves the checkpoint that the next
+    child overwrites, so every surviving file is copied aside and loaded at
+    the end.
+    """
+    import random
+    import shutil
+    import signal
+    import time
+
+    rng = random.Random(seed)
+    kept = os.path.join(directory, "kept")
+    os.makedirs(kept)
+    checkpoint = os.path.join(directory, "best.weights.h5")
+    mid_write = 0
+    for run in range(kills):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            try:
+                _announce_writes(write_fd)
+                _fault_child(directory, run, write_fd)
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        if rng.random() < 2 / 3:
+            wanted, count, delay = b"w", rng.randint(1, 2), 0.003
+        else:
+            wanted, count, delay = b"e", rng.randint(1, 4), 0.03
+        while count:
+            byte = os.read(read_fd, 1)
+            if not byte:
+                break
+            count -= byte == wanted
+        time.sleep(rng.uniform(0.0, delay))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read_fd)
+        temporary = [f for f in os.listdir(directory) if f".tmp-{pid}" in f]
+        mid_write += bool(temporary)
+        for name in temporary:
+            os.remove(os.path.join(directory, name))
+        if os.path.exists(checkpoint):
+            shutil.copy(checkpoint, os.path.join(kept, f"kill{run}.weights.h5"))
+    # Now load every surviving checkpoint into a fresh model.
+    best = _best_records(directory, kills)
+    model = _fault_model()
+    model.optimizer.build(model.trainable_variables)
+    matches = []
+    for run in range(kills):
+        path = os.path.join(kept, f"kill{run}.weights.h5")
+        if not os.path.exists(path):
+            matches.append(None)
+            continue
+        model.load_weights(path)
+        flat = _flat(model)
+        found = [
+            list(key) for key, w in best.items() if np.array_equal(w, flat)
+        ]
+        matches.append(found[0] if found else "no match")
+    return {"kills": kills, "mid_write": mid_write, "matches": matches}
+
+
+def sigint(directory=None, repeats=5, seed=0):
+    """SIGINT (Ctrl-C) at random moments of `fit`; compares with the best.
+
+    Each repeat trains a fresh model and is interrupted a random 0-20 ms
+    after its 1st to 4th epoch end, so the interrupt lands in a training
+    step, a callback or a checkpoint write.
+    """
+    import signal
+    import threading
+    import time
+
+    rng = np.random.default_rng(seed)
+    runs = []
+    for run in range(repeats):
+        read_fd, write_fd = os.pipe()
+        epochs, delay = int(rng.integers(1, 5)), float(rng.uniform(0, 0.02))
+
+        sent = []
+
+        def interrupt(read_fd=read_fd, epochs=epochs, delay=delay, sent=sent):
+            for _ in range(epochs):
+                os.read(read_fd, 1)
+            time.sleep(delay)
+            os.kill(os.getpid(), signal.SIGINT)
+            sent.append(delay)
+            # CPython drops a KeyboardInterrupt raised inside a finalizer
+            # (e.g. a weakref callback, "Exception ignored in ..."), and
+            # training goes on: press Ctrl-C again at the next epoch end,
+            # as a user would. The pipe closes once `fit` has returned.
+            while os.read(read_fd, 1):
+                os.kill(os.getpid(), signal.SIGINT)
+                sent.append(0.0)
+
+        thread = threading.Thread(target=interrupt, daemon=True)
+        thread.start()
+        holder = {}
+        try:
+            _fault_child(directory, run, write_fd, holder)
+        except KeyboardInterrupt:
+            interrupted = True
+        else:
+            interrupted = False
+        os.close(write_fd)
+        thread.join()
+        os.close(read_fd)
+        stop = holder["stop"]
+        best = _best_records(directory, run + 1)
+        # The interrupt may land after the recorder saw an epoch and
+        # before the callback did: compare with the callback's own best
+        # epoch, which must be one of the recorded best epochs.
+        expected = best.get((run, stop.best_epoch))
+        runs.append(
+            {
+                "interrupted": interrupted,
+                "sigints": len(sent),
+                "stop_reason": stop.stop_reason,
+                "best_epoch": stop.best_epoch,
+                "best_epochs": sorted(e for r, e in best if r == run),
+                "model_is_best": expected is not None
+                and bool(np.array_equal(_flat(holder["model"]), expected)),
+                "debug": {
+                    e: float(np.mean(_flat(holder["model"]) == w))
+                    for (r, e), w in best.items()
+                    if r == run
+                },
+            }
+        )
+    return runs
+
+
+_NOBODY = (65534, 65534)
+
+
+def _drop_root():
+    """Runs the rest of this process as `nobody` (uid 65534).
+
+    Root ignores permission bits, so a directory made read-only with
+    `chmod` would stay writable to it; an unprivileged user is held to
+    them, as a training job on a shared file system would be.
+    """
+    os.setgroups([])
+    os.setgid(_NOBODY[1])
+    os.setuid(_NOBODY[0])
+
+
+class MakeReadOnly(keras.callbacks.Callback):
+    """Makes the checkpoint directory read-only after epoch `epoch`."""
+
+    def __init__(self, directory, epoch):
+        super().__init__()
+        self.directory = directory
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            os.chmod(self.directory, 0o555)
+
+
+def read_only(after_epoch=3):
+    """A checkpoint directory that becomes read-only during `fit`."""
+    import shutil
+    import tempfile
+
+    # Not under pytest's root-only (0700) tree: `nobody` must reach it.
+    base = tempfile.mkdtemp(prefix="kr-read-only-")
+    records = os.path.join(base, "records")
+    directory = os.path.join(base, "checkpoints")
+    checkpoint = os.path.join(directory, "best.weights.h5")
+    # Everything that loads lazily (h5py, zip codecs) is loaded now: as
+    # `nobody` this process may not read the interpreter's own files.
+    x, y = _data(n=16)
+    _fault_model().fit(x, y, epochs=1, verbose=0)
+    model = _fault_model()
+    os.makedirs(records)
+    os.makedirs(directory)
+    model.save_weights(checkpoint)
+    model.load_weights(checkpoint)
+    np.savez(os.path.join(records, "warm.npz"), weights=_flat(model))
+    np.load(os.path.join(records, "warm.npz"))["weights"]
+    os.remove(checkpoint)
+    dropped = False
+    if os.geteuid() == 0:
+        for path in (base, records, directory):
+            os.chown(path, *_NOBODY)
+        _drop_root()
+        dropped = True
+    stop = kr.callbacks.EarlyStoppingRestore(
+        monitor="score", patience=100, checkpoint_path=checkpoint
+    )
+    recorder = Recorder(records, 0, None, seed=3)
+    chmod = MakeReadOnly(directory, after_epoch)
+    error = None
+    try:
+        with stop.restore_on_error():
+            model.fit(
+                x,
+                y,
+                batch_size=16,
+                epochs=50,
+                callbacks=[recorder, chmod, stop],
+                verbose=0,
+            )
+    except OSError as caught:
+        error = f"{type(caught).__name__}: {caught}"
+    try:
+        best = _best_records(records, 1)
+        last_before = max(e for (_, e) in best if e <= after_epoch)
+        saved = _fault_model()
+        saved.load_weights(checkpoint)
+        return {
+            "dropped_root": dropped,
+            "checkpoint": checkpoint,
+            "error": error,
+            "best_epoch": stop.best_epoch,
+            "stop_reason": stop.stop_reason,
+            "after_epoch": after_epoch,
+            "best_epochs": sorted(e for _, e in best),
+            "file_is_last_best_before": bool(
+                np.array_equal(_flat(saved), best[(0, last_before)])
+            ),
+            "model_is_best": bool(
+                np.array_equal(_flat(model), best[(0, stop.best_epoch)])
+            ),
+            "files": sorted(os.listdir(directory)),
+        }
+    finally:
+        os.chmod(directory, 0o755)
+        shutil.rmtree(base)
+
+
+# -- engines -----------------------------------------------------------------
+
+
+def jax_data_parallel():
+    devices = keras.distribution.list_devices()
+    distribution = keras.distribution.DataParallel(devices=devices)
+
+    def distributed_fit(case, rate):
+        keras.distribution.set_distribution(distribution)
+        try:
+            return _fit(case, rate, seed=1, batch_size=16)
+        finally:
+            keras.distribution.set_distribution(None)
+
+    result = {"devices": len(devices), "cases": _equivalence(distributed_fit)}
+    keras.distribution.set_distribution(distribution)
+    result["decisions"] = _decisions(24, 16, len(devices))
+    # A batch that the 8 devices cannot share equally.
+    model, (x, y) = CASES["stochastic_depth"](0.1, 1)
+    try:
+        model.fit(x[:12], y[:12], batch_size=12, epochs=1, verbose=0)
+        result["indivisible_error"] = None
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        result["indivisible_error"] = f"{type(error).__name__}: {error}"
+    return result
+
+
+def tf_mirrored():
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+    def distributed_fit(case, rate, batch_size=16):
+        with strategy.scope():
+            return _fit(case, rate, seed=1, batch_size=batch_size)
+
+    result = {
+        "replicas": strategy.num_replicas_in_sync,
+        "cases": _equivalence(distributed_fit),
+    }
+    # An odd global batch (15 on 2 replicas): Keras's TensorFlow trainer
+    # fails loudly; recorded for our model and for a plain Dense model.
+    x, y = _data()
+    for name in ("stochastic_depth", "dense"):
+        with strategy.scope():
+            if name == "dense":
+                model = keras.Sequential(
+                    [keras.Input((8,)), keras.layers.Dense(1)]
+                )
+                model.compile(optimizer="sgd", loss="mse")
+            else:
+                model, _ = CASES[name](0.0, 1)
+        try:
+            model.fit(x[:45], y[:45], batch_size=15, epochs=1, verbose=0)
+            result[f"odd_batch_error/{name}"] = None
+        except Exception as error:  # noqa: BLE001 - reported to the test
+            result[f"odd_batch_error/{name}"] = (
+                f"{type(error).__name__}: {error}"
+            )
+    with strategy.scope():
+        result["decisions"] = _decisions(24, 16, strategy.num_replicas_in_sync)
+    return result
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _torch_train(case, rate, x, y, steps, ddp_rank=None):
+    """A plain torch loop over a Keras model, as under DDP.
+
+    Keras's `fit` has no DDP support (its torch trainer neither wraps the
+    model nor all-reduces gradients), so data-parallel torch training uses
+    the model as a `torch.nn.Module` in a torch loop.
+    """
+    import torch
+
+    model, _ = CASES[case](rate, seed=1)
+    module = model
+    if ddp_rank is not None:
+        module = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(
+        [p for p in module.parameters() if p.requires_grad], lr=0.05
+    )
+    x, y = torch.from_numpy(x), torch.from_numpy(y)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(module(x, training=True), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    weights = [np.array(w) for w in model.get_weights()]
+    return losses, weights
+
+
+def _torch_rank(rank, port, directory):
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    try:
+        x, y = _data(n=16)
+        shard = slice(8 * rank, 8 * (rank + 1))
+        runs = {}
+        for case in ("stochastic_depth", "stochastic_depth_row"):
+            for rate in (0.0, 0.5):
+                losses, weights = _torch_train(
+                    case, rate, x[shard], y[shard], steps=12, ddp_rank=rank
+                )
+                runs[f"{case}/{rate}"] = {"losses": losses, "weights": weights}
+        keras.utils.set_random_seed(5)
+        decisions = _decisions(24, 8, 1)
+        np.savez(
+            os.path.join(directory, f"rank{rank}.npz"),
+            runs=np.array(runs, dtype=object),
+            decisions=np.array(decisions, dtype=object),
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def torch_ddp(directory=None):
+    """Two gloo processes on this CPU, each with half of every batch."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_torch_rank, args=(_free_port(), directory), nprocs=2)
+    ranks = [
+        np.load(os.path.join(directory, f"rank{r}.npz"), allow_pickle=True)
+        for r in range(2)
+    ]
+    runs = [r["runs"].item() for r in ranks]
+    decisions = [r["decisions"].item() for r in ranks]
+    x, y = _data(n=16)
+    result = {"cases": {}, "decisions": decisions}
+    for key in runs[0]:
+        case, rate = key.split("/")
+        losses, weights = _torch_train(case, float(rate), x, y, steps=12)
+        result["cases"][key] = {
+            "single_loss": losses,
+            # The mean of the two ranks' losses is the full-batch loss.
+            "ddp_loss": [
+                (a + b) / 2
+                for a, b in zip(runs[0][key]["losses"], runs[1][key]["losses"])
+            ],
+            "weight_diff": _max_diff(weights, runs[0][key]["weights"]),
+            "rank_weight_diff": _max_diff(
+                runs[0][key]["weights"], runs[1][key]["weights"]
+            ),
+        }
+    return result
+
+
+COMMANDS = {
+    "jax_data_parallel": jax_data_parallel,
+    "tf_mirrored": tf_mirrored,
+    "torch_ddp": torch_ddp,
+    "sigkill": sigkill,
+    "sigint": sigint,
+    "read_only": read_only,
+}
+
+
+def main():
+    command, args = sys.argv[1], json.loads(sys.argv[2])
+    result = COMMANDS[command](**args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
