@@ -137,3 +137,19 @@ class _TFOps:
 
     def normal(self, shape):
         return self.generator.normal(shape, dtype="float32")
+
+
+def replicas_in_sync():
+    """Replicas a TensorFlow `tf.distribute` strategy splits each step over.
+
+    Keras's TensorFlow trainer expects `compute_loss` to return the
+    per-replica loss divided by this number (its own losses do so) and
+    multiplies it back for the logs. Always 1 on the other backends.
+    """
+    import keras
+
+    if keras.config.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regularize._backend import replicas_in_sync
 from keras_regularize._export import export
 from keras_regularize._validation import check_number
 from keras_regularize._variables import add_scalar
@@ -238,6 +239,10 @@ class Distiller(keras.Model):
             A `Distiller` with the fresh copy as student.
         """
         student = keras.models.clone_model(model)
+        # A clone copies `trainable` flags: a model that was itself a
+        # teacher before (frozen by a Distiller) would give a student with
+        # nothing to train.
+        student.trainable = True
         return cls(student=student, teacher=model, **kwargs)
 
     def call(self, inputs, training=False):
@@ -255,6 +260,10 @@ class Distiller(keras.Model):
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         batch = ops.shape(y_pred)[0]
+        # Under tf.distribute, Keras's trainer wants the loss divided by the
+        # replica count (and its compiled loss comes divided already); the
+        # terms are combined undivided and the total divided once.
+        replicas = replicas_in_sync()
         extra = 0.0
         for value in self.losses:
             extra = extra + ops.sum(ops.cast(value, "float32"))
@@ -271,10 +280,10 @@ class Distiller(keras.Model):
                 sample_weight=sample_weight,
                 training=training,
             )
-            hard = ops.cast(base, "float32") - extra
+            hard = ops.cast(base, "float32") * replicas - extra
         self.student_loss_tracker.update_state(hard, sample_weight=batch)
         if not training:
-            return hard + extra
+            return (hard + extra) / replicas
         temperature = ops.convert_to_tensor(self.temperature_variable)
         alpha = ops.convert_to_tensor(self.alpha_variable)
         targets = soft_targets(
@@ -285,7 +294,7 @@ class Distiller(keras.Model):
             sample_weight,
         )
         self.distillation_loss_tracker.update_state(soft, sample_weight=batch)
-        return alpha * soft + (1.0 - alpha) * hard + extra
+        return (alpha * soft + (1.0 - alpha) * hard + extra) / replicas
 
     def get_metrics_result(self):
         logs = super().get_metrics_result()

@@ -52,17 +52,6 @@ engines = pytest.mark.skipif(
 REPLICAS = {"jax": 8, "tensorflow": 2}.get(BACKEND)
 KEYS = sorted(f"{case}/{rate}" for case in CASES for rate in ("0.0", "0.5"))
 
-# Distiller computes its loss by hand, and under tf.distribute Keras's
-# TensorFlow trainer expects a per-replica loss already divided by the
-# number of replicas (as Keras's own losses do): the gradient and the logged
-# loss come out twice the single-device ones on two replicas.
-DISTILLER_TF_SCALE = pytest.mark.xfail(
-    BACKEND == "tensorflow",
-    strict=True,
-    reason="Distiller.compute_loss is not scaled by 1 / num_replicas under "
-    "tf.distribute (reported; keras_regularize/models/distiller.py)",
-)
-
 
 @engines
 def test_engine_uses_several_devices(request):
@@ -75,13 +64,7 @@ def test_engine_uses_several_devices(request):
 
 
 @engines
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, marks=DISTILLER_TF_SCALE) if c == "distiller" else c
-        for c in sorted(CASES)
-    ],
-)
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_rate_zero_equals_single_device(request, case):
     run = _result(request)["cases"][f"{case}/0.0"]
     np.testing.assert_allclose(run["multi_loss"], run["single_loss"], rtol=TOL)

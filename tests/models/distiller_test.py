@@ -340,6 +340,22 @@ def test_self_distill_fresh_copy_of_the_architecture():
     assert np.isfinite(h["loss"][0])
 
 
+def test_self_distill_of_a_former_teacher_trains_the_student():
+    # A Distiller froze `model` as its teacher; distilling it into a copy of
+    # itself must still give a student with weights to train.
+    model = mlp(16, "m", seed=3)
+    Distiller(mlp(16, "s", seed=4), model)
+    assert not model.trainable
+    d = Distiller.self_distill(model)
+    assert d.student.trainable_weights
+    before = [to_numpy(w).copy() for w in d.student.trainable_weights]
+    d.compile(optimizer="sgd")
+    x, y = data()
+    d.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    after = [to_numpy(w) for w in d.student.trainable_weights]
+    assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "torch", reason="jit covered by jit_modes")
 def test_torch_jit_compile():
