@@ -1,10 +1,34 @@
 """Root conftest: per-test seeding, doctest namespace and a report header."""
 
-import keras
-import numpy as np
-import pytest
+import os
 
-import keras_regularize
+# Under pytest-xdist every worker process is one test stream: give each
+# framework one compute thread, so N workers on N cores do not oversubscribe
+# them (torch's spinning thread pool slows a suite ten-fold otherwise).
+# Set before any framework starts.
+_XDIST = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1
+if _XDIST:
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_name, "1")
+    os.environ.setdefault(
+        "XLA_FLAGS",
+        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+    )
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import keras_regularize  # noqa: E402
+
+if _XDIST and keras.backend.backend() == "torch":
+    import torch
+
+    torch.set_num_threads(1)
+elif _XDIST and keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
 
 
 def pytest_report_header(config):
