@@ -52,7 +52,9 @@ class MCDropout(keras.layers.Layer):
     the same model built with `MCDropout`.
 
     Args:
-        rate: Float in `[0, 1)`. Fraction of units to drop.
+        rate: Float in `[0, 1)`. Fraction of units to drop. Fixed once the
+            layer is built: setting `layer.rate` later raises, rather than
+            being ignored by already compiled functions.
         noise_shape: Optional tuple of ints and `None`s, the shape of the
             binary mask broadcast against the inputs; `None` entries take the
             input's size. E.g. `(None, 1, None)` shares one mask over the
@@ -83,11 +85,28 @@ class MCDropout(keras.layers.Layer):
 
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
-        self.rate = check_rate("rate", rate)
+        self._rate = check_rate("rate", rate)
         self.noise_shape = check_noise_shape(noise_shape)
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
+
+    @property
+    def rate(self):
+        """The drop probability, fixed at construction."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value):
+        # A plain float, baked into compiled functions: changing it later
+        # would be silently ignored there, so it is refused instead.
+        raise AttributeError(
+            "MCDropout.rate is fixed at construction (the layer owns no "
+            "variables, so its weights stay interchangeable with "
+            f"keras.layers.Dropout). Received: rate={value!r}. Build a new "
+            "layer, or call keras_regularize.models.with_mc_dropout on a "
+            "model whose Dropout layers have the rate you want."
+        )
 
     def build(self, input_shape):
         if self.noise_shape is not None and len(self.noise_shape) != len(

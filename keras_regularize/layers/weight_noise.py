@@ -11,6 +11,7 @@ from keras import ops
 from keras_regularize._export import export
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_seed
+from keras_regularize._variables import add_scalar
 
 
 @export("keras_regularize.layers.WeightNoise")
@@ -30,7 +31,10 @@ class WeightNoise(keras.layers.Wrapper):
     Args:
         layer: A `keras.layers.Layer` with a `kernel` variable (checked when
             the layer is built).
-        stddev: Float >= 0. Standard deviation of the kernel noise.
+        stddev: Float >= 0. Standard deviation of the kernel noise. It is
+            held in a non-trainable variable, so `layer.stddev = 0.01` (e.g.
+            from a callback annealing it) takes effect inside compiled
+            training steps.
         seed: Optional non-negative int seeding the wrapper's
             `keras.random.SeedGenerator`. Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...). The output
@@ -61,11 +65,25 @@ class WeightNoise(keras.layers.Wrapper):
         # them itself when it runs.
         kwargs["autocast"] = False
         super().__init__(layer, **kwargs)
-        self.stddev = check_number("stddev", stddev, 0.0)
+        stddev = check_number("stddev", stddev, 0.0)
+        # A variable, so a callback may anneal it inside compiled steps.
+        self.stddev_variable = add_scalar(self, "stddev", stddev)
+        self._stddev_value = stddev
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         if self.layer.built:
             self._kernel()
+
+    @property
+    def stddev(self):
+        """The current noise standard deviation, as a Python float."""
+        return self._stddev_value
+
+    @stddev.setter
+    def stddev(self, value):
+        value = check_number("stddev", value, 0.0)
+        self.stddev_variable.assign(value)
+        self._stddev_value = value
 
     def _kernel(self):
         kernel = getattr(self.layer, "kernel", None)
@@ -85,7 +103,7 @@ class WeightNoise(keras.layers.Wrapper):
         self.built = True
 
     def call(self, inputs, training=None):
-        if training and self.stddev > 0.0:
+        if training:
             outputs = self._noisy_call(inputs, training)
         else:
             outputs = self.layer(inputs, training=training)
@@ -95,11 +113,11 @@ class WeightNoise(keras.layers.Wrapper):
 
     def _noisy_call(self, inputs, training):
         kernel = self._kernel()
-        noise = keras.random.normal(
-            kernel.shape,
-            stddev=self.stddev,
-            dtype=kernel.dtype,
-            seed=self.seed_generator,
+        # Read before the scope below, which maps only the wrapped layer's
+        # variables.
+        stddev = ops.cast(self.stddev_variable, kernel.dtype)
+        noise = stddev * keras.random.normal(
+            kernel.shape, dtype=kernel.dtype, seed=self.seed_generator
         )
         # Every variable of the wrapped layer is mapped (not only the
         # kernel): a scope does not fall back to an enclosing one, such as

@@ -120,3 +120,12 @@ def test_noise_shape_of_the_wrong_rank_is_rejected_at_build():
     layer = MCDropout(0.1, noise_shape=(None, 1))
     with pytest.raises(ValueError, match="Expected a tuple of length 3"):
         layer(np.ones((2, 3, 4), "float32"))
+
+
+def test_rate_cannot_be_changed_after_construction():
+    # A Python float is baked into compiled functions; a later assignment
+    # would be ignored there, so it is refused with the value received.
+    layer = MCDropout(0.2)
+    with pytest.raises(AttributeError, match="Received: rate=0.5"):
+        layer.rate = 0.5
+    assert layer.rate == 0.2 and layer.get_config()["rate"] == 0.2

@@ -92,6 +92,30 @@ def test_zero_stddev_is_the_wrapped_layer():
 
 
 @pytest.mark.parametrize("jit", harness.jit_modes())
+def test_stddev_changes_take_effect_inside_a_compiled_step(jit):
+    # One compiled train function, learning rate 0: the loss varies between
+    # steps only while the noise variable is non-zero.
+    inputs = keras.Input((5,))
+    wrapped = WeightNoise(_dense(2), stddev=0.0, seed=0)
+    model = keras.Model(inputs, wrapped(inputs))
+    model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=jit)
+    x = np.random.default_rng(1).normal(size=(16, 5)).astype("float32")
+    y = np.ones((16, 2), "float32")
+
+    def losses():
+        return [float(model.train_on_batch(x, y)) for _ in range(4)]
+
+    assert len(set(losses())) == 1
+    wrapped.stddev = 0.5
+    assert float(harness.to_numpy(wrapped.stddev_variable)) == 0.5
+    assert len(set(losses())) == 4
+    wrapped.stddev = 0.0
+    assert len(set(losses())) == 1
+    with pytest.raises(ValueError, match="Received: stddev=-1"):
+        wrapped.stddev = -1
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
 def test_training_updates_kernel_and_bias(jit):
     inputs = keras.Input((5,))
     wrapped = WeightNoise(_dense(2), stddev=0.1, seed=0)
