@@ -97,7 +97,8 @@ def examples(session, backend):
     session.install("-e", ".[demo]")
     session.env["KR_SMOKE"] = "1"
     for script in sorted(os.listdir("examples")):
-        if script.endswith(".py"):
+        # Files starting with "_" (such as _common.py) are shared helpers.
+        if script.endswith(".py") and not script.startswith("_"):
             session.run("python", os.path.join("examples", script))
 
 
