@@ -23,7 +23,7 @@ def run_worker(command, args=None, timeout=240, **env):
     """Runs `_worker.py command args` and returns its JSON result."""
     proc = subprocess.run(
         [sys.executable, WORKER, command, json.dumps(args or {})],
-        env=worker_env(**env),
+        env=worker_env(KR_WORKER_WATCHDOG=str(max(timeout - 20, 10)), **env),
         cwd=ROOT,
         capture_output=True,
         text=True,

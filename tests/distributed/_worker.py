@@ -757,7 +757,14 @@ COMMANDS = {
 
 
 def main():
+    import faulthandler
+
     command, args = sys.argv[1], json.loads(sys.argv[2])
+    # A hung worker prints every thread's stack to stderr (which the test
+    # shows) shortly before `run_worker`'s timeout kills it.
+    faulthandler.dump_traceback_later(
+        float(os.environ.get("KR_WORKER_WATCHDOG", "200")), exit=True
+    )
     result = COMMANDS[command](**args)
     print("RESULT " + json.dumps(result), flush=True)
 
