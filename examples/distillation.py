@@ -84,11 +84,8 @@ def main():
         distiller.compile(adam(), SPARSE_CE, metrics=["accuracy"])
         runs["student distilled"] = (student, fit(distiller, data, epochs(60)))
 
-        # The lone student teaches a fresh copy of its architecture and is
-        # frozen from here on. `self_distill` clones the model's config,
-        # `trainable` flag included: had `alone` been frozen already (say,
-        # as the teacher of an earlier Distiller), the copy would be frozen
-        # too and need `born_again.student.trainable = True`.
+        # The lone student teaches a fresh, trainable copy of its own
+        # architecture, and is frozen from here on as its teacher.
         keras.utils.set_random_seed(seed + 10)
         born_again = kr.models.Distiller.self_distill(
             alone, temperature=2.0, alpha=0.5, cache_teacher_outputs=True
