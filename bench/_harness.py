@@ -43,6 +43,30 @@ def timeit(fn, warmup=3, runs=20):
     return statistics.median(times)
 
 
+def interleaved(fns, warmup=3, rounds=7, per_round=3):
+    """Median seconds per call of each of `fns` (a dict), timed in turns.
+
+    Every candidate is warmed up first; then each round times every
+    candidate `per_round` times, in an order rotated from round to round,
+    so slow phases of a shared machine hit all candidates alike.
+    """
+    if SMOKE:
+        warmup, rounds, per_round = 1, 1, 1
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            sync(fns[name]())
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            for _ in range(per_round):
+                start = time.perf_counter()
+                sync(fns[name]())
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def device_name():
     """The accelerator's name where the backend reports one, else the CPU."""
     try:

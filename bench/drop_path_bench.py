@@ -90,7 +90,7 @@ def residual_step_times(shape):
         ),
         **_anchor_drop_paths(),
     }
-    times = {}
+    steps, failed = {}, []
     for name, make in candidates.items():
         inputs = keras.Input(shape[1:], batch_size=shape[0])
         branch = Scale()(inputs)
@@ -104,12 +104,13 @@ def residual_step_times(shape):
         model = keras.Model(inputs, out)
         try:
             model.compile("sgd", "mse", jit_compile=JIT)
-            times[name] = _harness.timeit(
-                lambda m=model: m.train_on_batch(x, y)
-            )
+            model.train_on_batch(x, y)
+            steps[name] = lambda m=model: m.train_on_batch(x, y)
         except Exception as e:  # noqa: BLE001 - report, don't hide
-            times[name] = None
+            failed.append(name)
             print(f"{name} failed: {type(e).__name__}: {str(e)[:200]}")
+    times = _harness.interleaved(steps)
+    times.update({name: None for name in failed})
     base = times["plain x + r"]
     for name, t in times.items():
         ratio = "failed" if t is None else f"{t / base:.2f}x"
@@ -157,7 +158,7 @@ def depth_step_times():
         "StochasticResidual batch",
         "StochasticResidual subset",
     ]
-    times = {}
+    runs = {}
     for kind in kinds:
         model = residual_mlp(kind, width)
 
@@ -166,8 +167,14 @@ def depth_step_times():
                 out = model.train_on_batch(x, y)
             return out
 
-        # Mean step time over many random keep/skip draws.
-        times[kind] = _harness.timeit(run, warmup=2, runs=10) / steps
+        runs[kind] = run
+    # Mean step time over many random keep/skip draws.
+    times = {
+        k: t / steps
+        for k, t in _harness.interleaved(
+            runs, warmup=2, rounds=5, per_round=2
+        ).items()
+    }
     base = times["DropPath (row, multiply)"]
     return [
         [kind, f"{t * 1e3:.1f}", f"{base / t:.2f}x"]
@@ -190,8 +197,10 @@ def main():
         ["input", "candidate", "ms / step", "vs plain"],
         rows,
         notes=[
-            f"One `train_on_batch` step, jit_compile={JIT}, rate 0.1, "
-            "median of 20 after warm-up; the ratio is what matters.",
+            f"One `train_on_batch` step, jit_compile={JIT}, rate 0.1; "
+            "median of 21 steps per candidate, timed in 7 interleaved "
+            "rounds after warm-up, in one process; the ratio is what "
+            "matters.",
             "Target: DropPath <= 1.10x the plain residual add.",
         ],
     )
@@ -203,7 +212,8 @@ def main():
         notes=[
             "Mean rate 0.25: skipping dropped blocks is at most 1.33x faster.",
             f"jit_compile={JIT}; Adam; width 384 (blocks 384-1536-384), "
-            "batch 256; mean step time over 10 steps, median of 10 repeats.",
+            "batch 256; mean step time over 10 steps, median of 10 "
+            "repeats timed in 5 interleaved rounds.",
             "Target: StochasticResidual >= 1.25x faster than DropPath.",
         ],
     )
