@@ -38,6 +38,31 @@ class Scale(keras.layers.Layer):
         return x * self.s
 
 
+def _timm_drop_path_class():
+    """timm's `DropPath`, from its module file if `timm` cannot import.
+
+    `import timm` pulls in torchvision, whose wheel here does not match the
+    CPU build of torch (`torchvision::nms does not exist`); `timm/layers/
+    drop.py` itself needs only torch, so loading that one file times the
+    same code.
+    """
+    try:
+        import timm.layers
+
+        return timm.layers.DropPath
+    except Exception:  # noqa: BLE001 - fall back to the module file
+        import importlib.util
+
+        spec = importlib.util.find_spec("timm")
+        path = os.path.join(os.path.dirname(spec.origin), "layers", "drop.py")
+        module_spec = importlib.util.spec_from_file_location(
+            "timm_layers_drop", path
+        )
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        return module.DropPath
+
+
 def _anchor_drop_paths():
     out = {}
     if BACKEND == "tensorflow":
@@ -49,12 +74,12 @@ def _anchor_drop_paths():
             print("keras-cv not available:", e)
     if BACKEND == "torch":
         try:
-            import timm.layers
+            timm_drop_path = _timm_drop_path_class()
 
             class TimmDropPath(keras.layers.Layer):
                 def __init__(self):
                     super().__init__()
-                    self.inner = timm.layers.DropPath(0.1)
+                    self.inner = timm_drop_path(0.1)
 
                 def call(self, x, training=False):
                     self.inner.train(bool(training))
