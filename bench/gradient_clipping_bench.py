@@ -100,9 +100,8 @@ def main():
         "GradientClipping always adds one pass over the gradients for the "
         "global norm it records; global_norm/auto add one rescale, value a "
         "max-abs pass and a clip, agc per-unit norms of weights and gradients.",
-        "Shared 2-core CPU under load from other jobs: ratios within a few "
-        "percent are noise (see the Keras global_clipnorm row, the same work "
-        "as global_norm).",
+        "2-core CPU: ratios within a few percent are noise (see the Keras "
+        "global_clipnorm row, the same work as global_norm).",
     ]
     _harness.write_table(
         "gradient_clipping",

@@ -121,9 +121,9 @@ def main():
             "variance, entropy and mutual information.",
             "`mc_predict` runs a compiled predict function (XLA on JAX "
             "and TensorFlow, eager on torch) with `training=False`.",
-            "Full sizes (1,024 inputs, 30 samples, width 512) on a shared "
-            "2-core CPU under load from other jobs; ratios within one run "
-            "are meaningful, absolute times move by 2x between runs.",
+            "Full sizes (1,024 inputs, 30 samples, width 512) on a 2-core "
+            "CPU; ratios within one run are meaningful, absolute times vary "
+            "between runs.",
         ],
     )
 
