@@ -13,7 +13,10 @@ import pytest
 from keras_regularize import _cli_env
 from keras_regularize.__main__ import main
 
-COLUMNS = "| technique | train acc | val acc | gap | best epoch | seconds |"
+COLUMNS = (
+    "| technique | train acc | val acc | gap | val loss | best epoch "
+    "| seconds |"
+)
 
 
 def _png_ok(path):

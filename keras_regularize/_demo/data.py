@@ -6,12 +6,13 @@ VAL_FRACTION = 0.5
 SPLIT_SEED = 0
 
 
-def load_digits_split():
+def load_digits_split(val_fraction=VAL_FRACTION):
     """Returns `(x_train, y_train, x_val, y_val)`: (N, 64) floats in [0, 1].
 
-    1,797 real 8x8 images ship inside scikit-learn (no download). Half of
-    each class goes to validation, with a fixed seed, so every run and
-    technique sees the same split and a large network can overfit the rest.
+    1,797 real 8x8 images ship inside scikit-learn (no download). A
+    `val_fraction` of each class (half by default) goes to validation, with
+    a fixed seed, so every run and technique sees the same split and a large
+    network can overfit the rest.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -20,7 +21,7 @@ def load_digits_split():
     x = (digits.data / 16.0).astype("float32")
     y = digits.target.astype("int32")
     x_train, x_val, y_train, y_val = train_test_split(
-        x, y, test_size=VAL_FRACTION, stratify=y, random_state=SPLIT_SEED
+        x, y, test_size=val_fraction, stratify=y, random_state=SPLIT_SEED
     )
     return x_train, y_train, x_val, y_val
 

@@ -11,6 +11,7 @@ from keras_regularize._demo import data
 from keras_regularize._demo import report
 from keras_regularize._demo.overfitting import EpochBar
 from keras_regularize._demo.overfitting import accuracy
+from keras_regularize._demo.overfitting import cross_entropy
 
 COLUMNS = ["model", "weights", "train acc", "val acc", "val loss", "seconds"]
 ROWS = ("teacher", "student alone", "student distilled")
@@ -52,11 +53,6 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _val_loss(network, x, y):
-    logits = network.predict(x, batch_size=512, verbose=0)
-    return float(keras.ops.convert_to_numpy(_loss()(y, logits)))
-
-
 def _fit(model, title, epochs, split, batch_size=64):
     x_train, y_train, x_val, y_val = split
     start = time.perf_counter()
@@ -80,7 +76,7 @@ def _row(name, seed, network, history, seconds, split):
         "weights": network.count_params(),
         "train_acc": accuracy(network, x_train, y_train),
         "val_acc": accuracy(network, x_val, y_val),
-        "val_loss": _val_loss(network, x_val, y_val),
+        "val_loss": cross_entropy(network, x_val, y_val),
         "seconds": seconds,
         "history": {k: list(map(float, v)) for k, v in history.items()},
     }

@@ -23,7 +23,7 @@ TECHNIQUES = (
 LABELS = {
     "none": "no regularization",
     "dropout": "dropout 0.3",
-    "weight_decay": "AdamW, weight decay 0.05",
+    "weight_decay": "AdamW, weight decay 0.5",
     "early_stopping": "EarlyStoppingRestore on val_loss",
     "maxnorm_dropout": "MaxNorm(3) + dropout 0.3",
     "mixup": "MixUp (alpha 0.4), on device",
@@ -90,7 +90,7 @@ def build(technique, seed, epochs):
     """
     network = build_network(technique, seed)
     if _uses(technique, "weight_decay"):
-        optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.05)
+        optimizer = keras.optimizers.AdamW(1e-3, weight_decay=0.5)
     else:
         optimizer = keras.optimizers.Adam(1e-3)
     model = network
