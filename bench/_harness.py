@@ -67,6 +67,23 @@ def interleaved(fns, warmup=3, rounds=7, per_round=3):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def load_module_file(package, relative_path, name):
+    """Loads one module file of an installed package without its `__init__`.
+
+    For anchors whose package import fails here (timm imports torchvision,
+    whose wheel does not match the CPU build of torch) while the module
+    itself needs only torch: the same code is timed.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    path = os.path.join(os.path.dirname(spec.origin), relative_path)
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def device_name():
     """The accelerator's name where the backend reports one, else the CPU."""
     try:

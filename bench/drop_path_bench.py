@@ -51,16 +51,9 @@ def _timm_drop_path_class():
 
         return timm.layers.DropPath
     except Exception:  # noqa: BLE001 - fall back to the module file
-        import importlib.util
-
-        spec = importlib.util.find_spec("timm")
-        path = os.path.join(os.path.dirname(spec.origin), "layers", "drop.py")
-        module_spec = importlib.util.spec_from_file_location(
-            "timm_layers_drop", path
-        )
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        return module.DropPath
+        return _harness.load_module_file(
+            "timm", os.path.join("layers", "drop.py"), "timm_layers_drop"
+        ).DropPath
 
 
 def _anchor_drop_paths():

@@ -16,6 +16,7 @@ import numpy as np
 import keras_regularize
 from bench._harness import BACKEND
 from bench._harness import SMOKE
+from bench._harness import load_module_file
 from bench._harness import timeit
 from bench._harness import write_table
 
@@ -75,16 +76,9 @@ def timm_mixup_class():
 
         return Mixup
     except Exception:  # noqa: BLE001 - fall back to the module file
-        import importlib.util
-
-        spec = importlib.util.find_spec("timm")
-        path = os.path.join(os.path.dirname(spec.origin), "data", "mixup.py")
-        module_spec = importlib.util.spec_from_file_location(
-            "timm_data_mixup", path
-        )
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        return module.Mixup
+        return load_module_file(
+            "timm", os.path.join("data", "mixup.py"), "timm_data_mixup"
+        ).Mixup
 
 
 def main():

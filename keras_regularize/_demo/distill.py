@@ -1,7 +1,6 @@
 """`keras-regularize demo distill`: a small student, alone and distilled."""
 
 import os
-import time
 
 import keras
 import numpy as np
@@ -9,9 +8,9 @@ import numpy as np
 import keras_regularize as kr
 from keras_regularize._demo import data
 from keras_regularize._demo import report
-from keras_regularize._demo.overfitting import EpochBar
 from keras_regularize._demo.overfitting import accuracy
 from keras_regularize._demo.overfitting import cross_entropy
+from keras_regularize._demo.overfitting import fit_with_bar
 
 COLUMNS = ["model", "weights", "train acc", "val acc", "val loss", "seconds"]
 ROWS = ("teacher", "student alone", "student distilled")
@@ -53,19 +52,9 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _fit(model, title, epochs, split, batch_size=64):
-    x_train, y_train, x_val, y_val = split
-    start = time.perf_counter()
-    history = model.fit(
-        x_train,
-        y_train,
-        validation_data=(x_val, y_val),
-        epochs=epochs,
-        batch_size=batch_size,
-        verbose=0,
-        callbacks=[EpochBar(title, epochs)],
-    )
-    return history.history, time.perf_counter() - start
+def _fit(model, title, epochs, split):
+    history, seconds = fit_with_bar(model, title, epochs, split)
+    return history.history, seconds
 
 
 def _row(name, seed, network, history, seconds, split):

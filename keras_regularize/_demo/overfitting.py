@@ -63,10 +63,9 @@ def cross_entropy(network, x, y):
     return float(keras.ops.convert_to_numpy(loss(y, logits)))
 
 
-def train_one(technique, seed, epochs, split, batch_size=64):
+def fit_with_bar(model, title, epochs, split, callbacks=(), batch_size=64):
+    """`model.fit` on the split with one progress bar; (history, seconds)."""
     x_train, y_train, x_val, y_val = split
-    model, network, callbacks = tech.build(technique, seed, epochs)
-    title = f"[{technique} | seed {seed}] {tech.LABELS[technique]}"
     start = time.perf_counter()
     history = model.fit(
         x_train,
@@ -75,9 +74,16 @@ def train_one(technique, seed, epochs, split, batch_size=64):
         epochs=epochs,
         batch_size=batch_size,
         verbose=0,
-        callbacks=callbacks + [EpochBar(title, epochs)],
+        callbacks=list(callbacks) + [EpochBar(title, epochs)],
     )
-    seconds = time.perf_counter() - start
+    return history, time.perf_counter() - start
+
+
+def train_one(technique, seed, epochs, split):
+    x_train, y_train, x_val, y_val = split
+    model, network, callbacks = tech.build(technique, seed, epochs)
+    title = f"[{technique} | seed {seed}] {tech.LABELS[technique]}"
+    history, seconds = fit_with_bar(model, title, epochs, split, callbacks)
     train_acc = accuracy(network, x_train, y_train)
     val_acc = accuracy(network, x_val, y_val)
     val_loss = history.history["val_loss"]
