@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from keras_regularize._validation import check_choice
+from keras_regularize._validation import fail
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_rate
@@ -27,14 +28,6 @@ MODES = ("batch", "pair", "elem")
 # (it then takes the last candidate). A fixed count keeps the graph static,
 # which is what lets the sampler compile under XLA, jax.jit and torch.
 GAMMA_ROUNDS = 8
-
-
-def invalid(name, expected, value):
-    """Raises the package's one error shape for a bad argument or input."""
-    raise ValueError(
-        f"Invalid value received for argument `{name}`. Expected {expected}. "
-        f"Received: {name}={value!r}"
-    )
 
 
 class KerasOps:
@@ -311,7 +304,7 @@ def prepare_labels(xp, labels, num_classes, label_smoothing):
     dtype = xp.dtype(labels)
     if "int" in dtype or dtype == "bool":
         if num_classes is None:
-            invalid(
+            fail(
                 "num_classes",
                 "the number of classes when labels are integer class ids",
                 num_classes,
@@ -319,7 +312,7 @@ def prepare_labels(xp, labels, num_classes, label_smoothing):
         if len(labels.shape) == 2 and labels.shape[-1] == 1:
             labels = xp.reshape(labels, (-1,))
         if len(labels.shape) != 1:
-            invalid(
+            fail(
                 "labels",
                 "integer class ids of shape (batch,) or (batch, 1), or "
                 "float targets of shape (batch, classes)",
@@ -330,7 +323,7 @@ def prepare_labels(xp, labels, num_classes, label_smoothing):
         labels = xp.cast(labels, "float32")
         classes = labels.shape[-1] if len(labels.shape) > 1 else None
         if num_classes is not None and classes not in (None, num_classes):
-            invalid(
+            fail(
                 "labels",
                 f"float targets with num_classes={num_classes} columns",
                 f"tensor of shape {tuple(labels.shape)}",
@@ -383,9 +376,9 @@ def check_minmax(name, value):
         lo = check_number(name, lo, 0.0, 1.0, low_open=True)
         hi = check_number(name, hi, 0.0, 1.0, low_open=True)
     except (TypeError, ValueError):
-        invalid(name, expected, value)
+        fail(name, expected, value)
     if not lo < hi:
-        invalid(name, expected, value)
+        fail(name, expected, value)
     return (lo, hi)
 
 
@@ -441,7 +434,7 @@ class BaseMixing(keras.layers.Layer):
     def _axes(self, images):
         rank = len(images.shape)
         if rank not in (3, 4, 5):
-            invalid(
+            fail(
                 "inputs",
                 "inputs of rank 3 (batch, steps, channels), 4 (images) or 5 "
                 "(volumes) for CutMix",
@@ -529,7 +522,7 @@ class BaseMixing(keras.layers.Layer):
     def _check_batch(self, images, labels):
         a, b = images.shape[0], labels.shape[0]
         if a is not None and b is not None and a != b:
-            invalid(
+            fail(
                 "labels",
                 f"labels with the batch size of the images ({a})",
                 f"tensor of shape {tuple(labels.shape)}",

@@ -7,6 +7,7 @@ from keras import ops
 from keras_regularize._backend import replicas_in_sync
 from keras_regularize._export import export
 from keras_regularize._validation import check_number
+from keras_regularize._validation import fail
 from keras_regularize._variables import add_scalar
 from keras_regularize.losses.distillation_loss import cross_entropy_per_sample
 from keras_regularize.losses.distillation_loss import kl_per_sample
@@ -18,13 +19,6 @@ from keras_regularize.losses.distillation_loss import weighted_mean
 # so shuffling or splitting moves them together.
 _INPUTS = "distiller_inputs"
 _CACHED = "distiller_teacher_outputs"
-
-
-def _fail(name, expected, value):
-    raise ValueError(
-        f"Invalid value received for argument `{name}`. Expected {expected}. "
-        f"Received: {name}={value}"
-    )
 
 
 def _output_shape(model):
@@ -125,17 +119,17 @@ class Distiller(keras.Model):
     ):
         super().__init__(**kwargs)
         if not isinstance(student, keras.Model):
-            _fail("student", "a keras.Model", type(student).__name__)
+            fail("student", "a keras.Model", type(student).__name__)
         teachers = (
             list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
         )
         if not teachers:
-            _fail("teacher", "a keras.Model or a non-empty list", teacher)
+            fail("teacher", "a keras.Model or a non-empty list", teacher)
         for i, t in enumerate(teachers):
             if not isinstance(t, keras.Model):
-                _fail(f"teacher[{i}]", "a keras.Model", type(t).__name__)
+                fail(f"teacher[{i}]", "a keras.Model", type(t).__name__)
             if t is student:
-                _fail(
+                fail(
                     "teacher",
                     "a model other than the student (to distill a model "
                     "into a fresh copy of itself use "
@@ -152,7 +146,7 @@ class Distiller(keras.Model):
             ("cache_teacher_outputs", cache_teacher_outputs),
         ):
             if not isinstance(value, bool):
-                _fail(name, "a bool", repr(value))
+                fail(name, "a bool", repr(value))
 
         self.student = student
         self.teachers = teachers
@@ -178,7 +172,7 @@ class Distiller(keras.Model):
         known = [(i, s) for i, s in enumerate(shapes) if s is not None]
         for (i, a), (j, b) in zip(known, known[1:]):
             if a != b:
-                _fail(
+                fail(
                     "teacher",
                     "an ensemble whose teachers share one output shape",
                     f"teacher[{i}] with output shape {(None,) + a} and "
@@ -188,7 +182,7 @@ class Distiller(keras.Model):
         if student_shape is not None and known:
             i, shape = known[0]
             if shape != student_shape:
-                _fail(
+                fail(
                     "teacher",
                     "teacher outputs of the student's output shape "
                     f"{(None,) + student_shape}",
@@ -323,7 +317,7 @@ class Distiller(keras.Model):
 
     def _with_teacher_cache(self, x, batch_size):
         if not _is_in_memory(x):
-            _fail(
+            fail(
                 "x",
                 "in-memory arrays when `cache_teacher_outputs=True` (a "
                 "dataset or generator may shuffle or augment batches, so "

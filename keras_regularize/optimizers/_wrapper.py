@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_regularize._validation import _fail
+from keras_regularize._validation import fail
 
 
 def global_norm(grads):
@@ -16,9 +16,9 @@ def _resolve_optimizer(optimizer):
     if isinstance(optimizer, (str, dict)):
         optimizer = keras.optimizers.get(optimizer)
     if not isinstance(optimizer, keras.optimizers.Optimizer):
-        _fail("optimizer", "a `keras.optimizers.Optimizer` instance", optimizer)
+        fail("optimizer", "a `keras.optimizers.Optimizer` instance", optimizer)
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        _fail(
+        fail(
             "optimizer",
             "an optimizer that is not a `LossScaleOptimizer` (put loss "
             "scaling outermost: `LossScaleOptimizer(wrapper)`, which "

@@ -10,7 +10,7 @@ import math
 from keras import ops
 
 from keras_regularize._export import export
-from keras_regularize._validation import _fail
+from keras_regularize._validation import fail
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
@@ -24,7 +24,7 @@ DEFAULT_THRESHOLDS = {"global_norm": 1.0, "value": 1.0, "agc": 0.01}
 def _check_threshold(method, threshold):
     if method not in DEFAULT_THRESHOLDS:
         if threshold is not None:
-            _fail(
+            fail(
                 "threshold",
                 f'None with method="{method}", which sets no threshold',
                 threshold,
@@ -34,7 +34,7 @@ def _check_threshold(method, threshold):
         return DEFAULT_THRESHOLDS[method]
     value = check_number("threshold", threshold, low=0.0, low_open=True)
     if math.isinf(value):
-        _fail("threshold", "a finite number > 0", threshold)
+        fail("threshold", "a finite number > 0", threshold)
     return value
 
 
