@@ -18,6 +18,8 @@ if _XDIST:
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from hypothesis import HealthCheck  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 import keras_regularize  # noqa: E402
 
@@ -29,6 +31,21 @@ elif _XDIST and keras.backend.backend() == "tensorflow":
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
+# Property tests: derandomized and bounded by default, so CI runs the same
+# examples every time; `HYPOTHESIS_PROFILE=explore` searches more widely.
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    database=None,
+    max_examples=25,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("explore", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_report_header(config):

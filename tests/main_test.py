@@ -15,7 +15,7 @@ from keras_regularize.__main__ import main
 
 COLUMNS = (
     "| technique | train acc | val acc | gap | val loss | best epoch "
-    "| seconds |"
+    "| units at cap | seconds |"
 )
 
 
@@ -180,3 +180,28 @@ def test_requested_backend_parsing():
     assert _cli_env.requested_backend(["demo", "--backend", "jax"]) == "jax"
     assert _cli_env.requested_backend(["--backend=torch"]) == "torch"
     assert _cli_env.requested_backend(["demo"]) is None
+
+
+def test_demo_maxnorm_row_shows_that_the_cap_binds(tmp_path):
+    out = tmp_path / "report"
+    main(
+        [
+            "demo",
+            "--quick",
+            "--techniques",
+            "none,maxnorm_dropout",
+            "--out",
+            str(out),
+        ]
+    )
+    header = COLUMNS.strip("|").split("|")
+    rows = {
+        r[0]: r
+        for r in _table_rows((out / "report.md").read_text(), "technique")
+        if len(r) == len(header)
+    }
+    column = header.index(" units at cap ")
+    assert rows["none"][column] == "-"
+    share = float(rows["maxnorm_dropout"][column].rstrip("%")) / 100
+    # A cap no unit reaches would leave training as it was without it.
+    assert share > 0.0

@@ -17,6 +17,7 @@ COLUMNS = [
     "gap",
     "val loss",
     "best epoch",
+    "units at cap",
     "seconds",
 ]
 # A quarter of the digits for training: small enough that the network
@@ -95,9 +96,17 @@ def train_one(technique, seed, epochs, split):
         "gap": train_acc - val_acc,
         "val_loss": cross_entropy(network, x_val, y_val),
         "best_epoch": int(np.argmin(val_loss)) + 1,
+        "units_at_cap": tech.units_at_cap(technique, network),
         "seconds": seconds,
         "history": {k: list(map(float, v)) for k, v in history.history.items()},
     }
+
+
+def _at_cap(runs):
+    shares = [r["units_at_cap"] for r in runs]
+    if any(s is None for s in shares):
+        return "-"
+    return report.mean_std(shares, "{:.0%}")
 
 
 def summarize(runs, names):
@@ -112,6 +121,7 @@ def summarize(runs, names):
                 report.mean_std([r["gap"] for r in mine]),
                 report.mean_std([r["val_loss"] for r in mine]),
                 report.mean_std([r["best_epoch"] for r in mine], "{:.0f}"),
+                _at_cap(mine),
                 report.mean_std([r["seconds"] for r in mine], "{:.1f}"),
             ]
         )
@@ -161,7 +171,10 @@ def run(names, epochs, seeds, out):
         "images (scikit-learn digits, stratified split). Mean ± std over "
         "seeds. `gap` is train minus validation accuracy; `val loss` is "
         "the validation cross-entropy of the final (or restored) weights; "
-        "`best epoch` is the epoch of the lowest validation loss.",
+        "`best epoch` is the epoch of the lowest validation loss; `units "
+        "at cap` is the share of Dense units whose weight norm sits on the "
+        "max-norm cap after training (`-` where no cap is set), so a cap "
+        "that never binds shows as 0%.",
         [
             report.markdown_table(COLUMNS, rows),
             "",

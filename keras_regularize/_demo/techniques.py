@@ -8,6 +8,11 @@ WIDTH = 256
 HIDDEN = 512
 BLOCKS = 4
 NUM_CLASSES = 10
+# Max-norm cap on every Dense unit. Unconstrained, the largest unit norm of
+# this network reaches about 1.5 on the digits, so the chapter's usual cap of
+# 3 never binds; at 1.0 about a third of the units sit on the cap after 30
+# epochs (measured on JAX), and the report shows that share.
+MAX_NORM = 1.0
 
 TECHNIQUES = (
     "none",
@@ -25,7 +30,7 @@ LABELS = {
     "dropout": "dropout 0.3",
     "weight_decay": "AdamW, weight decay 0.5",
     "early_stopping": "EarlyStoppingRestore on val_loss",
-    "maxnorm_dropout": "MaxNorm(3) + dropout 0.3",
+    "maxnorm_dropout": f"MaxNorm({MAX_NORM:g}) + dropout 0.3",
     "mixup": "MixUp (alpha 0.4), on device",
     "stochastic_depth": "StochasticResidual, rates 0 -> 0.5",
     "combined": "all of the above",
@@ -49,7 +54,9 @@ def build_network(technique, seed, input_dim=64):
     keras.utils.set_random_seed(seed)
     dropout = 0.3 if _uses(technique, "dropout") else 0.0
     constraint = (
-        kr.constraints.MaxNorm(3.0) if _uses(technique, "maxnorm") else None
+        kr.constraints.MaxNorm(MAX_NORM)
+        if _uses(technique, "maxnorm")
+        else None
     )
     rates = (
         kr.layers.drop_path_rates(BLOCKS, 0.5)
@@ -80,6 +87,25 @@ def build_network(technique, seed, input_dim=64):
     x = keras.layers.Dropout(dropout)(x)
     outputs = dense(NUM_CLASSES)(x)
     return keras.Model(inputs, outputs, name=f"digits_{technique}")
+
+
+def units_at_cap(technique, network):
+    """Share of Dense units whose norm sits on the max-norm cap, or None.
+
+    Shows whether the constraint bound at all: a cap no unit reaches leaves
+    training exactly as it was without it.
+    """
+    if not _uses(technique, "maxnorm"):
+        return None
+    norms = [
+        keras.ops.convert_to_numpy(
+            keras.ops.sqrt(keras.ops.sum(keras.ops.square(layer.kernel), 0))
+        )
+        for layer in network._flatten_layers()
+        if isinstance(layer, keras.layers.Dense)
+    ]
+    at_cap = sum(int((n >= 0.99 * MAX_NORM).sum()) for n in norms)
+    return at_cap / sum(n.size for n in norms)
 
 
 def build(technique, seed, epochs):
