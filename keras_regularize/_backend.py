@@ -94,6 +94,9 @@ class _TFOps:
     def minimum(self, a, b):
         return self.tf.minimum(a, b)
 
+    def maximum(self, a, b):
+        return self.tf.maximum(a, b)
+
     def clip(self, x, low, high):
         return self.tf.clip_by_value(x, low, high)
 
@@ -131,6 +134,43 @@ class _TFOps:
 
     def blend(self, x, x_partner, w):
         return x * w + x_partner * (1.0 - w)
+
+    def require(self, valid, values, name, expected):
+        """`KerasOps.require` for TensorFlow tensors (eager or graph)."""
+        if self.tf.executing_eagerly():
+            import numpy as np
+
+            from keras_regularize._validation import fail
+
+            ok = np.asarray(valid).astype(bool)
+            if not ok.all():
+                bad = np.broadcast_to(np.asarray(values), ok.shape)
+                fail(name, expected, bad[~ok].flat[0].item())
+        else:
+            self.assert_in_graph(valid, values, name, expected)
+
+    @staticmethod
+    def assert_in_graph(valid, values, name, expected):
+        """Asserts `valid` in a TensorFlow graph, naming the first bad value.
+
+        The graph raises `InvalidArgumentError` with the package's argument
+        message; XLA drops the assertion (the callers then give NaN).
+        """
+        import tensorflow as tf
+
+        ok = tf.reshape(tf.cast(valid, "bool"), [-1])
+        values = tf.reshape(tf.broadcast_to(values, tf.shape(valid)), [-1])
+        # A trailing valid entry keeps argmin defined for empty batches.
+        ok = tf.concat([ok, [True]], axis=0)
+        values = tf.concat([values, tf.zeros([1], values.dtype)], axis=0)
+        first = tf.argmin(tf.cast(ok, "int32"), output_type="int32")
+        message = tf.strings.format(
+            f"Invalid value received for argument `{name}`. Expected "
+            f"{expected}. Received: {name}={{}}",
+            tf.gather(values, first),
+        )
+        # Stateful, so tf.function and tf.data run it without a dependency.
+        tf.debugging.Assert(tf.reduce_all(ok), [message])
 
     def uniform(self, shape):
         return self.generator.uniform(shape, dtype="float32")

@@ -11,14 +11,15 @@ it with TensorFlow for `tf.data` pipelines run under another Keras backend.
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_regularize._validation import check_choice
-from keras_regularize._validation import fail
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_rate
 from keras_regularize._validation import check_seed
+from keras_regularize._validation import fail
 from keras_regularize._variables import add_scalar
 
 MODES = ("batch", "pair", "elem")
@@ -48,6 +49,7 @@ class KerasOps:
     floor = staticmethod(ops.floor)
     round = staticmethod(ops.round)
     minimum = staticmethod(ops.minimum)
+    maximum = staticmethod(ops.maximum)
     clip = staticmethod(ops.clip)
     power = staticmethod(ops.power)
     logical_and = staticmethod(ops.logical_and)
@@ -89,6 +91,24 @@ class KerasOps:
             return _backend.torch_lerp(x_partner, x, w)
         return x * w + x_partner * (1.0 - w)
 
+    @staticmethod
+    def require(valid, values, name, expected):
+        """Raises for the first value where `valid` is False, if it can.
+
+        Concrete (eager) tensors are checked on the host and raise
+        `ValueError`; TensorFlow graphs get an assertion (TensorFlow raises
+        `InvalidArgumentError` with the same message). Traced JAX or XLA
+        code cannot raise on data: the callers make such values NaN.
+        """
+        if _concrete(valid):
+            _raise_first_invalid(valid, values, name, expected)
+        elif keras.config.backend() == "tensorflow" and not isinstance(
+            valid, keras.KerasTensor
+        ):
+            from keras_regularize._backend import _TFOps
+
+            _TFOps.assert_in_graph(valid, values, name, expected)
+
     def uniform(self, shape):
         return keras.random.uniform(
             shape, dtype="float32", seed=self.seed_generator
@@ -98,6 +118,36 @@ class KerasOps:
         return keras.random.normal(
             shape, dtype="float32", seed=self.seed_generator
         )
+
+
+def _concrete(x):
+    """Whether `x` holds values the host can read now (not a traced one)."""
+    if isinstance(x, np.ndarray):
+        return True
+    if isinstance(x, keras.KerasTensor):
+        return False
+    cls = type(x)
+    module, name = cls.__module__, cls.__name__
+    if module.startswith("tensorflow"):
+        return name == "EagerTensor"
+    if module.startswith("jax"):
+        return "Tracer" not in name
+    if module.startswith("torch"):
+        # Meta tensors are how Keras infers shapes on torch.
+        return not getattr(x, "is_meta", False) and name not in (
+            "FakeTensor",
+            "FunctionalTensor",
+        )
+    return False
+
+
+def _raise_first_invalid(valid, values, name, expected):
+    """`fail(name, expected, v)` for the first `v` of `values` not valid."""
+    ok = np.asarray(ops.convert_to_numpy(valid)).astype(bool)
+    if ok.all():
+        return
+    bad = np.broadcast_to(np.asarray(ops.convert_to_numpy(values)), ok.shape)
+    fail(name, expected, bad[~ok].flat[0].item())
 
 
 def log_gamma(xp, alpha, shape):
@@ -136,16 +186,24 @@ def sample_beta(xp, alpha, n):
 
 
 def make_partners(xp, batch, mode):
-    """Each sample's partner index: a random permutation of the batch.
+    """Each sample's partner index, never itself when the batch has two.
 
-    `mode="pair"` uses a random involution instead (samples matched in
-    pairs, an odd one out partnered with itself), so a pair can share its
-    lambda and box.
+    Modes `"batch"` and `"elem"` use one random cycle through the whole
+    batch (a derangement: every sample is mixed with another one, each
+    partner uniform over the other `B - 1`). `mode="pair"` uses a random
+    involution instead (samples matched in pairs, an odd one out partnered
+    with itself), so a pair can share its lambda and box. A batch of one is
+    its own partner; an empty batch gives an empty index.
     """
     order = xp.cast(xp.argsort(xp.uniform((batch,))), "int32")
-    if mode != "pair":
-        return order
     index = xp.arange(batch)
+    if mode != "pair":
+        # partner[order[k]] = order[k + 1]: the cycle order[0] -> order[1]
+        # -> ... -> order[B - 1] -> order[0]. The modulus is kept >= 1 so
+        # an empty batch divides by nothing.
+        following = xp.take(order, (index + 1) % xp.maximum(batch, 1))
+        rank = xp.cast(xp.argsort(order), "int32")
+        return xp.take(following, rank)
     buddy = xp.where(index % 2 == 0, index + 1, index - 1)
     buddy = xp.where(buddy >= batch, index, buddy)
     rank = xp.cast(xp.argsort(order), "int32")
@@ -299,17 +357,49 @@ def mix_batch(
     return out, lam, partner
 
 
+def _is_integer(dtype):
+    return "int" in dtype or dtype == "bool"
+
+
 def prepare_labels(xp, labels, num_classes, label_smoothing):
-    """Integer ids to one-hot, then label smoothing; float32 soft targets."""
+    """Checked, one-hot (for ids) and smoothed float32 soft targets.
+
+    The label rules of every mixing layer:
+
+    - Integer (or bool) class ids `(batch,)`/`(batch, 1)` need
+      `num_classes`; ids outside `[0, num_classes)` are refused.
+    - Float targets `(batch,)` or `(batch, 1)` are binary targets, which
+      must lie in `[0, 1]`; they are refused when `num_classes > 2` is set
+      (float class ids are not mixed as numbers).
+    - Float targets `(batch, ..., classes)` are soft or multi-hot rows with
+      `classes` columns (`num_classes` when set).
+
+    Bad values raise `ValueError` where the values can be read (eager
+    calls, `tf.data`, TensorFlow graphs, where TensorFlow raises
+    `InvalidArgumentError` with the same message); inside a compiled JAX or
+    XLA step the offending rows become NaN instead.
+
+    Smoothing `e` maps every target to `y * (1 - e) + e / classes`, with
+    `classes = 2` for binary targets and the number of columns otherwise;
+    multi-hot rows are smoothed column by column with the same map.
+    """
     dtype = xp.dtype(labels)
-    if "int" in dtype or dtype == "bool":
+    rank = len(labels.shape)
+    if rank == 0:
+        fail(
+            "labels",
+            "a batch of labels, of rank >= 1",
+            f"tensor of shape {tuple(labels.shape)}",
+        )
+    nan = float("nan")
+    if _is_integer(dtype):
         if num_classes is None:
             fail(
                 "num_classes",
                 "the number of classes when labels are integer class ids",
                 num_classes,
             )
-        if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        if rank == 2 and labels.shape[-1] == 1:
             labels = xp.reshape(labels, (-1,))
         if len(labels.shape) != 1:
             fail(
@@ -318,20 +408,50 @@ def prepare_labels(xp, labels, num_classes, label_smoothing):
                 "float targets of shape (batch, classes)",
                 f"tensor of shape {tuple(labels.shape)}",
             )
-        labels = xp.one_hot(xp.cast(labels, "int32"), num_classes)
+        ids = xp.cast(labels, "int32")
+        valid = xp.logical_and(ids >= 0, ids < num_classes)
+        xp.require(
+            valid, ids, "labels", f"integer class ids in [0, {num_classes})"
+        )
+        labels = xp.one_hot(xp.where(valid, ids, 0), num_classes)
+        labels = xp.where(xp.reshape(valid, (-1, 1)), labels, nan)
+        classes = num_classes
     else:
         labels = xp.cast(labels, "float32")
-        classes = labels.shape[-1] if len(labels.shape) > 1 else None
-        if num_classes is not None and classes not in (None, num_classes):
-            fail(
+        binary = rank == 1 or labels.shape[-1] == 1
+        if binary:
+            if num_classes is not None and num_classes > 2:
+                fail(
+                    "labels",
+                    f"integer class ids or float targets with {num_classes} "
+                    "columns for num_classes="
+                    f"{num_classes} (float targets of shape (batch,) or "
+                    "(batch, 1) are binary targets in [0, 1])",
+                    f"float tensor of shape {tuple(labels.shape)}",
+                )
+            valid = xp.logical_and(labels >= 0.0, labels <= 1.0)
+            xp.require(
+                valid,
+                labels,
                 "labels",
-                f"float targets with num_classes={num_classes} columns",
-                f"tensor of shape {tuple(labels.shape)}",
+                "binary targets in [0, 1] (float labels of shape (batch,) "
+                "or (batch, 1)); pass class ids as integers",
             )
+            labels = xp.where(valid, labels, nan)
+            classes = 2
+        else:
+            classes = labels.shape[-1]
+            if num_classes is not None and classes not in (None, num_classes):
+                fail(
+                    "labels",
+                    f"float targets with num_classes={num_classes} columns",
+                    f"tensor of shape {tuple(labels.shape)}",
+                )
     if label_smoothing:
-        classes = labels.shape[-1]
         if classes is None:
+            # Unknown column count: decided when the step runs.
             classes = xp.cast(xp.shape(labels)[-1], "float32")
+            classes = xp.where(classes == 1.0, 2.0, classes)
         labels = labels * (1.0 - label_smoothing) + label_smoothing / classes
     return labels
 
@@ -461,11 +581,25 @@ class BaseMixing(keras.layers.Layer):
         images = xp.cast(xp.convert(images), self.compute_dtype)
         return self._mix(xp, images)
 
-    def prepare_labels(self, labels):
-        """One-hot (for integer ids) and smoothed float32 targets."""
+    def prepare_labels(self, labels, smoothing=None):
+        """Checked, one-hot (for integer ids) and smoothed float32 targets.
+
+        Args:
+            labels: Integer class ids `(batch,)`/`(batch, 1)`, binary float
+                targets `(batch,)`/`(batch, 1)` in `[0, 1]`, or float rows
+                `(batch, ..., classes)`.
+            smoothing: Optional float overriding `label_smoothing`.
+
+        Returns:
+            Float32 targets: one-hot rows for ids; binary targets keep
+            their shape. Smoothing `e` gives `y * (1 - e) + e / classes`,
+            with `classes = 2` for binary targets.
+        """
         xp = KerasOps(self.seed_generator)
+        if smoothing is None:
+            smoothing = self.label_smoothing
         return prepare_labels(
-            xp, xp.convert(labels), self.num_classes, self.label_smoothing
+            xp, xp.convert(labels), self.num_classes, smoothing
         )
 
     def __call__(self, *args, **kwargs):
@@ -520,6 +654,13 @@ class BaseMixing(keras.layers.Layer):
         )
 
     def _check_batch(self, images, labels):
+        for name, value in (("inputs", images), ("labels", labels)):
+            if len(value.shape) == 0:
+                fail(
+                    name,
+                    "a batch: a tensor of rank >= 1",
+                    f"tensor of shape {tuple(value.shape)}",
+                )
         a, b = images.shape[0], labels.shape[0]
         if a is not None and b is not None and a != b:
             fail(
@@ -548,15 +689,13 @@ class BaseMixing(keras.layers.Layer):
         self._check_batch(images, labels)
         if self._needs_spatial_axes:
             self._axes(images)
-        shape = tuple(labels.shape)
-        dtype = keras.backend.standardize_dtype(labels.dtype)
-        if "int" in dtype or dtype == "bool":
-            if self.num_classes is None:
-                prepare_labels(KerasOps(None), labels, None, 0.0)
-            shape = (shape[0], self.num_classes)
+        # The label rules on symbolic tensors: static checks and the shape.
+        targets = prepare_labels(
+            KerasOps(None), labels, self.num_classes, self.label_smoothing
+        )
         return rebuild(
             keras.KerasTensor(images.shape, dtype=self.compute_dtype),
-            keras.KerasTensor(shape, dtype="float32"),
+            keras.KerasTensor(tuple(targets.shape), dtype="float32"),
         )
 
     def get_config(self):

@@ -1,16 +1,13 @@
 """CutMix whose label weight is exactly the pasted fraction of the input."""
 
-import keras
-
 from keras_regularize._export import export
-from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_bool
+from keras_regularize._validation import check_data_format
 from keras_regularize.layers._mixing import BaseMixing
 from keras_regularize.layers._mixing import _scalar_property
 from keras_regularize.layers._mixing import check_alpha
 from keras_regularize.layers._mixing import check_minmax
 from keras_regularize.layers._mixing import mix_batch
-
-DATA_FORMATS = ("channels_last", "channels_first")
 
 
 @export("keras_regularize.layers.CutMixLayer")
@@ -107,13 +104,9 @@ class CutMixLayer(BaseMixing):
             **kwargs,
         )
         self.alpha = alpha
-        self.correct_lam = bool(correct_lam)
+        self.correct_lam = check_bool("correct_lam", correct_lam)
         self.minmax = check_minmax("minmax", minmax)
-        self.data_format = check_choice(
-            "data_format",
-            data_format or keras.config.image_data_format(),
-            DATA_FORMATS,
-        )
+        self.data_format = check_data_format("data_format", data_format)
 
     alpha = _scalar_property(
         "alpha", check_alpha, "The Beta(alpha, alpha) parameter."

@@ -1,17 +1,14 @@
 """MixUp or CutMix, chosen at random for each batch, pair or sample."""
 
-import keras
-
 from keras_regularize._export import export
-from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_bool
+from keras_regularize._validation import check_data_format
 from keras_regularize.layers._mixing import BaseMixing
 from keras_regularize.layers._mixing import _scalar_property
 from keras_regularize.layers._mixing import check_alpha
 from keras_regularize.layers._mixing import check_minmax
 from keras_regularize.layers._mixing import check_probability
 from keras_regularize.layers._mixing import mix_batch
-
-DATA_FORMATS = ("channels_last", "channels_first")
 
 
 @export("keras_regularize.layers.RandomMix")
@@ -108,13 +105,9 @@ class RandomMix(BaseMixing):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.switch_prob = switch_prob
-        self.correct_lam = bool(correct_lam)
+        self.correct_lam = check_bool("correct_lam", correct_lam)
         self.minmax = check_minmax("minmax", minmax)
-        self.data_format = check_choice(
-            "data_format",
-            data_format or keras.config.image_data_format(),
-            DATA_FORMATS,
-        )
+        self.data_format = check_data_format("data_format", data_format)
 
     mixup_alpha = _scalar_property(
         "mixup_alpha", check_alpha, "MixUp's Beta parameter."

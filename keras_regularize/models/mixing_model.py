@@ -4,6 +4,8 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import fail
+from keras_regularize.layers._mixing import KerasOps
 
 
 class _PendingMix:
@@ -108,19 +110,18 @@ class MixingModel(keras.Model):
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
         pending, self._pending.value = self._pending.value, None
+        y, valid = self._targets(y, y_pred, smoothing=True)
         if not training or pending is None:
-            return super().compute_loss(
+            loss = super().compute_loss(
                 x, y, y_pred, sample_weight, training=training
             )
+            return _poison(loss, valid)
         lam, partner = pending
-        y = self._loss_labels(y)
         y_partner = keras.tree.map_structure(
             lambda t: ops.take(t, partner, axis=0), y
         )
-        weight = lam if sample_weight is None else lam * sample_weight
-        weight_partner = (
-            1.0 - lam if sample_weight is None else (1.0 - lam) * sample_weight
-        )
+        weight = _weigh(lam, sample_weight)
+        weight_partner = _weigh(1.0 - lam, sample_weight)
         own = super().compute_loss(x, y, y_pred, weight, training=training)
         other = super().compute_loss(
             x, y_partner, y_pred, weight_partner, training=training
@@ -129,19 +130,87 @@ class MixingModel(keras.Model):
         extra = [ops.sum(ops.cast(v, own.dtype)) for v in self.losses]
         if extra:
             other = other - ops.sum(ops.stack(extra))
-        return own + other
+        return _poison(own + other, valid)
 
-    def _loss_labels(self, y):
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        # Metrics see the targets the loss sees, without label smoothing
+        # (a smoothed binary target would never equal a rounded prediction).
+        y, _ = self._targets(y, y_pred, smoothing=False)
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    def _targets(self, y, y_pred, smoothing):
+        """The labels as the compiled loss needs them, and a validity flag.
+
+        Returns `(y, valid)`: `valid` is `None`, or a scalar bool tensor that
+        is False when traced class ids were out of range (the loss is then
+        made NaN, since a compiled step cannot raise on data).
+        """
+        if y is None:
+            return y, None
+        flat_y = keras.tree.flatten(y)
+        flat_pred = keras.tree.flatten(y_pred)
+        if len(flat_pred) != len(flat_y):
+            flat_pred = flat_pred[:1] * len(flat_y)
+        flat_loss = _losses_for(self.loss, y, len(flat_y))
+        flags = []
+        converted = []
+        for t, pred, loss in zip(flat_y, flat_pred, flat_loss):
+            t, flag = self._target(t, pred, loss, smoothing)
+            converted.append(t)
+            if flag is not None:
+                flags.append(flag)
+        y = keras.tree.pack_sequence_as(y, converted)
+        valid = None
+        for flag in flags:
+            valid = flag if valid is None else ops.logical_and(valid, flag)
+        return y, valid
+
+    def _target(self, t, pred, loss, smoothing):
         mixer = self.mixer
-
-        def convert(t):
-            dtype = keras.backend.standardize_dtype(t.dtype)
-            integer = "int" in dtype or dtype == "bool"
-            if integer and not mixer.label_smoothing:
-                return t
-            return mixer.prepare_labels(t)
-
-        return keras.tree.map_structure(convert, y)
+        smoothing = mixer.label_smoothing if smoothing else 0.0
+        if not isinstance(t, keras.KerasTensor):
+            t = ops.convert_to_tensor(t)
+        dtype = keras.backend.standardize_dtype(t.dtype)
+        integer = "int" in dtype or dtype == "bool"
+        units = pred.shape[-1] if len(pred.shape) >= 2 else 1
+        if not integer:
+            # Any float target works with the two-term loss (regression
+            # included); smoothing needs the mixing layers' label rules.
+            if not smoothing:
+                return t, None
+            return mixer.prepare_labels(t, smoothing=smoothing), None
+        if units == 1:
+            # Integer 0/1 labels of a one-unit (binary) output.
+            if not smoothing:
+                return t, None
+            return (
+                mixer.prepare_labels(
+                    ops.cast(t, "float32"), smoothing=smoothing
+                ),
+                None,
+            )
+        if smoothing and mixer.num_classes is None:
+            mixer.prepare_labels(t)  # raises: `num_classes` is needed
+        if _is_sparse(loss):
+            if smoothing:
+                fail(
+                    "label_smoothing",
+                    "0 with integer labels and a sparse loss: smoothed "
+                    "targets are one-hot rows, so compile with a "
+                    "categorical loss such as "
+                    "keras.losses.CategoricalCrossentropy",
+                    smoothing,
+                )
+            return t, _ids_in_range(t, units)
+        if mixer.num_classes is None:
+            return t, None
+        if units is not None and units != mixer.num_classes:
+            fail(
+                "num_classes",
+                f"the model's number of outputs ({units}) for one-hot targets",
+                mixer.num_classes,
+            )
+        return mixer.prepare_labels(t, smoothing=smoothing), None
 
     def get_config(self):
         return {
@@ -156,3 +225,65 @@ class MixingModel(keras.Model):
         model = keras.saving.deserialize_keras_object(config.pop("model"))
         mixer = keras.saving.deserialize_keras_object(config.pop("mixer"))
         return cls(model=model, mixer=mixer, **config)
+
+
+def _weigh(lam, sample_weight):
+    """`lam * sample_weight`, with `lam (B,)` broadcast along the batch."""
+    if sample_weight is None:
+        return lam
+
+    def times(w):
+        w = ops.convert_to_tensor(w)
+        rank = len(w.shape)
+        return ops.reshape(lam, (-1,) + (1,) * max(rank - 1, 0)) * ops.cast(
+            w, lam.dtype
+        )
+
+    return keras.tree.map_structure(times, sample_weight)
+
+
+def _poison(loss, valid):
+    """NaN instead of a finite wrong loss when traced ids were invalid."""
+    if valid is None:
+        return loss
+    return loss + ops.where(valid, 0.0, float("nan"))
+
+
+def _ids_in_range(ids, classes):
+    """Checks class ids for a sparse loss; returns a validity flag or None.
+
+    Eager ids raise `ValueError` at once (TensorFlow graphs assert); traced
+    ones return a scalar bool that `_poison` turns into a NaN loss.
+    """
+    if classes is None:
+        return None
+    ids = ops.cast(ids, "int32")
+    valid = ops.logical_and(ids >= 0, ids < classes)
+    KerasOps.require(
+        valid, ids, "labels", f"integer class ids in [0, {classes})"
+    )
+    return ops.all(valid)
+
+
+def _losses_for(loss, y, count):
+    """One compiled loss per flattened target (best effort for structures)."""
+    if isinstance(loss, dict) and isinstance(y, dict):
+        return [loss.get(key) for key in sorted(y)]
+    if isinstance(loss, (list, tuple)):
+        if len(loss) == count:
+            return list(loss)
+        return [loss[0] if loss else None] * count
+    return [loss] * count
+
+
+def _is_sparse(loss):
+    """Whether a compiled loss takes integer class ids (by its name)."""
+    if loss is None:
+        return False
+    if isinstance(loss, str):
+        return "sparse" in loss.lower()
+    names = [type(loss).__name__, getattr(loss, "__name__", "")]
+    fn = getattr(loss, "fn", None)  # keras.losses.LossFunctionWrapper
+    if fn is not None:
+        names.append(getattr(fn, "__name__", ""))
+    return any("sparse" in name.lower() for name in names)
