@@ -1,17 +1,62 @@
 """Max-norm constraint that leaves units under the limit bit-identical."""
 
+import numbers
+
 import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_number
+from keras_regularize._validation import fail
+
+_AXIS_EXPECTED = "None, an int or a tuple of distinct ints"
 
 
-def _normalize_axis(axis, rank):
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not (
+        isinstance(value, bool) or type(value).__name__ == "bool_"
+    )
+
+
+def _check_axis(axis):
+    """`None`, an int, or a tuple of distinct ints (a list is accepted)."""
+    if axis is None:
+        return None
+    if _is_int(axis):
+        return int(axis)
+    if not isinstance(axis, (tuple, list)):
+        fail("axis", _AXIS_EXPECTED, axis)
+    if not all(_is_int(a) for a in axis):
+        fail("axis", _AXIS_EXPECTED, axis)
+    axes = tuple(int(a) for a in axis)
+    if len(set(axes)) != len(axes):
+        fail("axis", _AXIS_EXPECTED, axis)
+    return axes
+
+
+def _normalize_axis(axis, shape):
+    """The sorted non-negative axes to reduce, checked against `shape`."""
+    rank = len(shape)
     if axis is None:
         return tuple(range(rank - 1))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted({a % rank for a in axes}))
+    axes = (axis,) if isinstance(axis, int) else axis
+    out = []
+    for a in axes:
+        if not -rank <= a < rank:
+            raise ValueError(
+                f"Invalid value received for argument `axis`. Expected axes "
+                f"in [-{rank}, {rank}) for a kernel of rank {rank}. Received: "
+                f"axis={axis!r} for a kernel of shape {tuple(shape)}"
+            )
+        out.append(a % rank)
+    if len(set(out)) != len(out):
+        raise ValueError(
+            "Invalid value received for argument `axis`. Expected distinct "
+            f"axes for a kernel of rank {rank}. Received: axis={axis!r} for a "
+            f"kernel of shape {tuple(shape)}"
+        )
+    return tuple(sorted(out))
 
 
 @export("keras_regularize.constraints.MaxNorm")
@@ -26,14 +71,20 @@ class MaxNorm(keras.constraints.Constraint):
     `axis=None` reduces over every axis but the last, the fan-in of each
     output unit for `Dense` kernels `(in, out)` and `Conv1D/2D/3D` kernels
     `(..., in, out)`. For other layouts (transposed or depthwise
-    convolutions, embeddings) pass `axis` or use
+    convolutions, embeddings, `EinsumDense`) pass `axis` or use
     `keras_regularize.constraints.apply_max_norm`, which picks it per layer.
+    `axis=()` makes every element its own unit (`|w| <= max_value`).
+
+    The weights must have a floating-point dtype; integer or bool weights
+    raise a `ValueError` (rescaling them would truncate to zero). An axis
+    outside the weights' rank raises a `ValueError` naming the axis and the
+    weights' shape.
 
     Args:
-        max_value: Positive float. Largest allowed norm per unit. Defaults
-            to `3.0`.
-        axis: `None`, an int or a tuple of ints: the axes the norm is taken
-            over. Defaults to `None` (all but the last).
+        max_value: Positive finite float. Largest allowed norm per unit.
+            Defaults to `3.0`.
+        axis: `None`, an int or a tuple of distinct ints: the axes the norm
+            is taken over. Defaults to `None` (all but the last).
 
     Example:
 
@@ -50,15 +101,18 @@ class MaxNorm(keras.constraints.Constraint):
         self.max_value = check_number(
             "max_value", max_value, 0.0, low_open=True
         )
-        if axis is not None and not isinstance(axis, int):
-            axis = tuple(int(a) for a in axis)
-        self.axis = axis
+        self.axis = _check_axis(axis)
 
     def __call__(self, w):
         w = ops.convert_to_tensor(w)
-        axes = _normalize_axis(self.axis, len(w.shape))
+        check_input_dtype("MaxNorm", w, argument="w")
+        axes = _normalize_axis(self.axis, tuple(w.shape))
         w32 = ops.cast(w, "float32")
-        norms = ops.sqrt(ops.sum(ops.square(w32), axis=axes, keepdims=True))
+        if axes:
+            norms = ops.sqrt(ops.sum(ops.square(w32), axis=axes, keepdims=True))
+        else:
+            # No axis to reduce (some backends read `axis=()` as "all").
+            norms = ops.absolute(w32)
         over = norms > self.max_value
         # Guard the division where it is not used (norm 0 is never over).
         scale = self.max_value / ops.where(over, norms, 1.0)

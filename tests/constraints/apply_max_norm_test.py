@@ -178,3 +178,189 @@ def test_bad_max_value():
     model = keras.Sequential([keras.Input((2,)), L.Dense(1)])
     with pytest.raises(ValueError, match="argument `max_value`.*=0"):
         apply_max_norm(model, 0)
+
+
+def _mha_model(num_heads=2, key_dim=3, dim=4, steps=3):
+    inputs = keras.Input((steps, dim))
+    mha = L.MultiHeadAttention(num_heads, key_dim)
+    x = L.Flatten()(mha(inputs, inputs))
+    return keras.Model(inputs, L.Dense(1)(x)), mha
+
+
+def _mha_unit_norms(mha):
+    """NumPy norms per output unit of the four projections."""
+    norms = {}
+    for name in ("query", "key", "value"):
+        # (dim, heads, key_dim): one unit per (head, feature) pair.
+        w = to_numpy(getattr(mha, f"_{name}_dense").kernel)
+        norms[name] = np.sqrt(np.sum(np.square(w.astype("float64")), axis=0))
+    # (heads, key_dim, dim): one unit per output feature.
+    w = to_numpy(mha._output_dense.kernel).astype("float64")
+    norms["output"] = np.sqrt(np.sum(np.square(w), axis=(0, 1)))
+    return norms
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+def test_multi_head_attention_projections_are_capped_per_output_unit(jit):
+    model, mha = _mha_model()
+    apply_max_norm(model, LIMIT)
+    assert mha._query_dense.kernel.constraint.axis == (0,)
+    assert mha._output_dense.kernel.constraint.axis == (0, 1)
+    model.compile(
+        optimizer=keras.optimizers.SGD(5.0), loss="mse", jit_compile=jit
+    )
+    x = np.random.default_rng(0).normal(size=(16, 3, 4)).astype("float32")
+    model.fit(x, np.full((16, 1), 50.0), batch_size=8, verbose=0)
+    norms = _mha_unit_norms(mha)
+    for name, unit_norms in norms.items():
+        assert unit_norms.max() <= LIMIT + 1e-6, (name, unit_norms)
+    # The learning rate drove the query projection to the limit.
+    assert norms["query"].max() >= LIMIT * (1 - 1e-5)
+
+
+def test_unbuilt_multi_head_attention_is_constrained_when_built():
+    mha = L.MultiHeadAttention(2, 3)
+    apply_max_norm(mha, LIMIT)  # its projections do not exist yet
+    x = keras.ops.ones((2, 3, 4))
+    mha(x, x)
+    assert mha._key_dense.kernel.constraint.axis == (0,)
+    assert mha._output_dense.kernel.constraint.axis == (0, 1)
+    assert mha._value_dense.kernel.constraint.max_value == LIMIT
+
+
+def test_unbuilt_einsum_dense_in_a_sequential_model():
+    layer = L.EinsumDense("...b,bc->...c", 5, bias_axes="c")
+    model = keras.Sequential([layer])
+    apply_max_norm(model, LIMIT)
+    model.compile(optimizer=keras.optimizers.SGD(5.0), loss="mse")
+    x = np.random.default_rng(0).normal(size=(8, 3, 6)).astype("float32")
+    model.fit(x, np.full((8, 3, 5), 50.0), verbose=0)
+    assert layer.kernel.constraint.axis == (0,)
+    norms = _column_norms(to_numpy(layer.kernel), _fan_in_columns)
+    assert LIMIT * (1 - 1e-5) <= norms.max() <= LIMIT + 1e-6
+
+
+@pytest.mark.parametrize(
+    "equation, axes",
+    [
+        ("ab,bc->ac", (0,)),
+        ("abc,cde->abde", (0,)),  # MultiHeadAttention query, key, value
+        ("abcd,cde->abe", (0, 1)),  # MultiHeadAttention output
+        ("...b,bc->...c", (0,)),
+        ("ab...,bc->ac...", (0,)),
+        ("abc,cd->abd", (0,)),
+        ("abc,bcd->ad", (0, 1)),
+        ("ab,bc->abc", ()),  # b reaches the output: every element a unit
+    ],
+)
+def test_einsum_unit_axes_are_the_kernel_subscripts_not_in_the_output(
+    equation, axes
+):
+    from keras_regularize.constraints.apply_max_norm import einsum_reduce_axes
+
+    assert einsum_reduce_axes(equation) == axes
+
+
+class _Scale(L.Layer):
+    """A custom layer with a weight matrix apply_max_norm cannot know."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 2), name="w")
+
+    def call(self, x):
+        return x @ self.w
+
+
+def test_warning_names_every_skipped_layer_while_the_rest_is_constrained():
+    inputs = keras.Input((3, 2))
+    x = L.LSTM(4, name="my_lstm")(inputs)
+    x = _Scale(name="my_scale")(x)
+    dense = L.Dense(1, name="head")
+    model = keras.Model(inputs, dense(x))
+    with pytest.warns(UserWarning) as record:
+        apply_max_norm(model, LIMIT)
+    message = " ".join(str(w.message) for w in record)
+    assert "LSTMCell" in message and "recurrent_kernel (4, 16)" in message
+    assert "_Scale 'my_scale'" in message and "w (4, 2)" in message
+    assert "head" not in message
+    assert isinstance(dense.kernel.constraint, MaxNorm)
+
+
+def test_unbuilt_skipped_layers_are_named_once_when_built():
+    model = keras.Sequential([L.LSTM(3), L.Dense(1)])
+    apply_max_norm(model, LIMIT)
+    with pytest.warns(UserWarning) as record:
+        model.build((None, 5, 2))
+    messages = [str(w.message) for w in record if "apply_max_norm" in str(w)]
+    assert len(messages) == 1 and "LSTMCell" in messages[0]
+    assert isinstance(model.layers[-1].kernel.constraint, MaxNorm)
+
+
+def test_no_warning_when_every_kernel_is_constrained(recwarn):
+    model, _ = _mha_model()
+    apply_max_norm(model, LIMIT)
+    assert not [w for w in recwarn if "apply_max_norm" in str(w.message)]
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+def test_apply_max_norm_after_fit_takes_effect_in_the_next_fit(jit):
+    model, layer = _model("Dense")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=jit
+    )
+    x = _inputs("Dense")
+    y = np.full((len(x), 1), 50.0, "float32")
+    model.fit(x, y, batch_size=8, verbose=0)
+    cap = 0.1
+    assert _column_norms(to_numpy(layer.kernel), _fan_in_columns).max() > cap
+    apply_max_norm(model, cap)
+    model.fit(x, y, batch_size=8, verbose=0)
+    for w in (layer.kernel, model.layers[-1].kernel):
+        norms = _column_norms(to_numpy(w), _fan_in_columns)
+        assert norms.max() <= cap + 1e-6, norms.max()
+    # A new cap replaces the old one in the compiled step as well.
+    apply_max_norm(model, 0.05)
+    model.fit(x, y, batch_size=8, verbose=0)
+    norms = _column_norms(to_numpy(layer.kernel), _fan_in_columns)
+    assert 0.05 * (1 - 1e-5) <= norms.max() <= 0.05 + 1e-6
+
+
+def test_apply_max_norm_from_a_callback_binds_the_following_epochs():
+    model, layer = _model("Dense")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.1),
+        loss="mse",
+        jit_compile=jit_modes()[-1],
+    )
+
+    class _CapAfterFirstEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 0:
+                apply_max_norm(self.model, 0.1)
+
+    x = _inputs("Dense")
+    model.fit(
+        x,
+        np.full((len(x), 1), 50.0),
+        batch_size=8,
+        epochs=2,
+        verbose=0,
+        callbacks=[_CapAfterFirstEpoch()],
+    )
+    norms = _column_norms(to_numpy(layer.kernel), _fan_in_columns)
+    assert norms.max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize("model", ["model", 3, None, keras.optimizers.SGD()])
+def test_model_must_be_a_keras_layer(model):
+    with pytest.raises(ValueError, match="argument `model`") as info:
+        apply_max_norm(model)
+    assert f"model={model!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), True, None])
+def test_non_finite_or_non_number_max_value(value):
+    model = keras.Sequential([keras.Input((2,)), L.Dense(1)])
+    with pytest.raises(ValueError, match="argument `max_value`") as info:
+        apply_max_norm(model, value)
+    assert "inf" not in str(info.value).split("Received")[0]

@@ -111,7 +111,76 @@ def test_config_and_serialization():
     assert keras.constraints.get(keras.constraints.serialize(c)).axis == (0, 1)
 
 
-@pytest.mark.parametrize("value", [0, -1.0, float("nan"), "3"])
+@pytest.mark.parametrize(
+    "value", [0, -1.0, float("nan"), "3", float("inf"), -float("inf"), True]
+)
 def test_bad_max_value(value):
-    with pytest.raises(ValueError, match="argument `max_value`"):
+    with pytest.raises(ValueError, match="argument `max_value`") as info:
         MaxNorm(value)
+    assert f"max_value={value!r}" in str(info.value)
+    assert "inf]" not in str(info.value) and "inf)" not in str(info.value)
+
+
+def test_caps_columns_as_keras_maxnorm_does_for_dense_kernels():
+    # Keras's own example: columns of norm 0, 1, 3 and sqrt(27) under 2.
+    x = np.array([[0, 0, 0], [1.0, 0, 0], [3, 0, 0], [3, 3, 3]]).T
+    expected = np.array(
+        [[0, 0, 0], [1.0, 0, 0], [2.0, 0, 0], [2 / np.sqrt(3)] * 3]
+    ).T
+    for constraint in (MaxNorm(2.0), MaxNorm(2.0, axis=0)):
+        out = to_numpy(constraint(x.astype("float32")))
+        np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    theirs = to_numpy(keras.constraints.MaxNorm(2.0)(x.astype("float32")))
+    np.testing.assert_allclose(theirs, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int8", "bool"])
+def test_integer_kernel_raises_instead_of_being_zeroed(dtype):
+    w = ops.cast(np.array([[3, 0], [4, 1]]), dtype)
+    with pytest.raises(ValueError, match="MaxNorm.*floating-point.*dtype"):
+        MaxNorm(1.0)(w)
+
+
+@pytest.mark.parametrize(
+    "axis",
+    ["a", 1.5, True, False, (True,), (0, 1.5), ("a",), [0, 0], {0}, None],
+)
+def test_axis_is_validated_at_construction(axis):
+    if axis is None:
+        assert MaxNorm(axis=None).axis is None
+        return
+    with pytest.raises(ValueError, match="argument `axis`") as info:
+        MaxNorm(axis=axis)
+    assert f"axis={axis!r}" in str(info.value)
+
+
+@pytest.mark.parametrize("axis", [0, -1, (0, 1), [1, 0], np.int64(1), ()])
+def test_valid_axes_are_kept_as_ints(axis):
+    got = MaxNorm(axis=axis).axis
+    if isinstance(axis, (list, tuple)):
+        assert got == tuple(int(a) for a in axis)
+    else:
+        assert got == int(axis) and type(got) is int
+
+
+@pytest.mark.parametrize(
+    "axis, shape", [(7, (4, 3)), (-3, (4, 3)), ((0, 2), (4, 3)), (3, (2, 2, 2))]
+)
+def test_axis_outside_the_kernel_rank_names_axis_and_shape(axis, shape):
+    with pytest.raises(ValueError, match="argument `axis`") as info:
+        MaxNorm(1.0, axis=axis)(np.ones(shape, "float32"))
+    message = str(info.value)
+    assert f"axis={axis!r}" in message and str(shape) in message
+
+
+def test_axes_naming_one_dimension_twice_are_refused_at_call():
+    with pytest.raises(ValueError, match="distinct.*axis=\\(0, -2\\)"):
+        MaxNorm(1.0, axis=(0, -2))(np.ones((4, 3), "float32"))
+
+
+def test_empty_axis_caps_every_element():
+    w = np.array([[3.0, -0.5], [-4.0, 0.2]], "float32")
+    out = to_numpy(MaxNorm(1.0, axis=())(w))
+    expected = np.array([[1.0, -0.5], [-1.0, 0.2]], "float32")
+    np.testing.assert_array_equal(out, expected)
+    assert MaxNorm.from_config(MaxNorm(1.0, axis=()).get_config()).axis == ()
