@@ -3,6 +3,8 @@
 import contextlib
 import math
 import os
+import re
+import uuid
 import warnings
 
 import keras
@@ -10,13 +12,35 @@ import numpy as np
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
+from keras_regularize._validation import fail
 
 MODES = ("auto", "min", "max")
-# Monitored names that are better when larger, for `mode="auto"`.
-_MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "iou", "psnr")
+# Endings of a monitored name (after `val_`) that are always minimized under
+# `mode="auto"`: losses and error metrics. Any other name takes the
+# direction of the model's metric of that name, or needs an explicit mode.
+MIN_SUFFIXES = (
+    "loss",
+    "error",
+    "crossentropy",
+    "hinge",
+    "divergence",
+    "mae",
+    "mse",
+    "rmse",
+    "msle",
+    "mape",
+    "kld",
+    "logcosh",
+    "log_cosh",
+    "poisson",
+    "nll",
+    "perplexity",
+)
+_SIGNS = {"min": 1.0, "max": -1.0}
 _SUFFIX = ".weights.h5"
 # Attribute marking our wrapper around `model.train_function`.
 _GUARD = "_early_stopping_restore_guard"
@@ -35,6 +59,121 @@ def _snapshot_kind():
     devices = keras.distribution.list_devices()
     on_cpu = all(str(d).lower().startswith("cpu") for d in devices)
     return "host" if on_cpu else "copy"
+
+
+def _name_direction(monitor):
+    """`"min"` for names ending in a loss or error suffix, else `None`."""
+    name = monitor.lower().removeprefix("val_")
+    return "min" if name.endswith(MIN_SUFFIXES) else None
+
+
+def _leaf_metrics(model):
+    """The model's metric objects, with containers flattened.
+
+    Returns `(leaves, pending)`; `pending` is true while a container (the
+    compiled metrics) is not built yet and so cannot list its metrics.
+    """
+    leaves, pending, seen = [], False, set()
+    stack = list(getattr(model, "metrics", None) or [])
+    while stack:
+        metric = stack.pop()
+        if id(metric) in seen:
+            continue
+        seen.add(id(metric))
+        children = getattr(metric, "metrics", None)
+        if isinstance(children, (list, tuple)):
+            if getattr(metric, "built", True) is False:
+                pending = True
+            stack.extend(children)
+        else:
+            leaves.append(metric)
+    return leaves, pending
+
+
+def _logged_names(metric_name, output_names):
+    # The keys under which Keras logs a compiled metric: its name, with an
+    # output-name prefix for multi-output models and `weighted_` for
+    # `weighted_metrics` that share a name.
+    names = {metric_name, f"weighted_{metric_name}"}
+    for output in output_names:
+        names.add(f"{output}_{metric_name}")
+        names.add(f"{output}_weighted_{metric_name}")
+    return names
+
+
+def _metric_direction(model, monitor):
+    """Direction of the model's metric logged as `monitor`.
+
+    Returns `("min" | "max" | None, pending)`: `None` when no metric of that
+    name has a known direction (`_direction`, which Keras's own callbacks
+    read), or when metrics of that name disagree.
+    """
+    leaves, pending = _leaf_metrics(model)
+    outputs = [str(o) for o in (getattr(model, "output_names", None) or [])]
+    target = monitor.removeprefix("val_")
+    targets = [target]
+    indexed = re.fullmatch(r"(.+)_\d+", target)
+    if indexed:  # a repeated name gets `_1`, `_2`, ... appended
+        targets.append(indexed.group(1))
+    for name in targets:
+        matches = [
+            m
+            for m in leaves
+            if isinstance(getattr(m, "name", None), str)
+            and name in _logged_names(m.name, outputs)
+        ]
+        if matches:
+            directions = {getattr(m, "_direction", None) for m in matches}
+            if directions == {"up"}:
+                return "max", pending
+            if directions == {"down"}:
+                return "min", pending
+            return None, pending
+    return None, pending
+
+
+def _scalar(monitor, value):
+    """The logged value as a Python float; size-1 arrays give their item."""
+    if keras.ops.is_tensor(value):
+        value = keras.ops.convert_to_numpy(value)
+    try:
+        array = np.asarray(value, dtype="float64")
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"EarlyStoppingRestore is monitoring `{monitor}`, whose logged "
+            f"value is not a number. Received: {monitor}={value!r}"
+        ) from None
+    if array.size != 1:
+        raise ValueError(
+            f"EarlyStoppingRestore is monitoring `{monitor}`, which logs an "
+            f"array of shape {array.shape}; it needs one number per epoch. "
+            "Monitor a scalar metric instead (e.g. "
+            "`keras.metrics.F1Score(average='macro')`)."
+        )
+    return float(array.reshape(()))
+
+
+def _fsync_directory(directory):
+    # Makes a rename durable. Opening a directory fails on some platforms
+    # (Windows); the rename itself is still atomic there.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Link:
+    """One guard in the chain wrapped around `model.train_function`."""
+
+    def __init__(self, owner, inner):
+        self.owner = owner
+        self.inner = inner
 
 
 def _ends_epoch(error):
@@ -82,11 +221,21 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     resets itself at the start of every `fit`, so one instance can be reused.
 
     Args:
-        monitor: Name of the logged quantity to monitor. Defaults to
+        monitor: Name of the logged quantity to monitor: a number, or an
+            array or tensor of size 1 (as `keras.metrics.F1Score` logs for
+            one class); a larger array raises a `ValueError`. Defaults to
             `"val_loss"`.
-        mode: `"min"`, `"max"` or `"auto"` (`"max"` when the name contains
-            `acc`, `auc`, `precision`, `recall`, `f1`, `iou` or `psnr`,
-            else `"min"`). Defaults to `"auto"`.
+        mode: `"min"`, `"max"` or `"auto"`. Under `"auto"`, a name ending
+            (after any `val_` prefix) in `loss`, `error`, `crossentropy`,
+            `hinge`, `divergence`, `mae`, `mse`, `rmse`, `msle`, `mape`,
+            `kld`, `logcosh`, `log_cosh`, `poisson`, `nll` or `perplexity`
+            is minimized; any other name takes the direction of the model's
+            metric of that name (`Accuracy`, `AUC`, `F1Score`, `Precision`,
+            ... are maximized), and a name with no such metric (one logged
+            by another callback, a `Mean` tracker) raises a `ValueError`
+            asking for `"min"` or `"max"` when training starts (at the end
+            of the first epoch where the compiled metrics are only built
+            then, as on TensorFlow). Defaults to `"auto"`.
         patience: Non-negative int. Epochs without improvement before
             stopping. Defaults to `10`.
         min_delta: Non-negative float. Smallest change that counts as an
@@ -99,10 +248,12 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             training ends. Defaults to `True`.
         checkpoint_path: Optional path ending in `.weights.h5`. The best
             weights are also written there at each improvement, atomically
-            (a temporary file in the same directory, then `os.replace`), so
-            the file is always complete and loadable with
-            `model.load_weights`. The directory is created if missing; an
-            unwritable location raises `OSError` in `on_train_begin`.
+            (a temporary file with a name unique to the writer in the same
+            directory, then `os.replace` and an `fsync` of the directory),
+            so the file is always complete and loadable with
+            `model.load_weights`, even with several writers. The directory
+            is created if missing; an unwritable location raises `OSError`
+            in `on_train_begin`.
             Defaults to `None`.
         save_optimizer: Bool. Whether the checkpoint also holds the
             optimizer's variables. Defaults to `True`.
@@ -149,10 +300,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     ):
         super().__init__()
         if not isinstance(monitor, str) or not monitor:
-            raise ValueError(
-                "Invalid value received for argument `monitor`. Expected a "
-                f"non-empty string. Received: monitor={monitor!r}"
-            )
+            fail("monitor", "a non-empty string", monitor)
         self.monitor = monitor
         self.mode = check_choice("mode", mode, MODES)
         self.patience = check_int("patience", patience, 0)
@@ -161,37 +309,42 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         self.start_from_epoch = check_int(
             "start_from_epoch", start_from_epoch, 0
         )
-        self.restore_best = bool(restore_best)
+        self.restore_best = check_bool("restore_best", restore_best)
         if checkpoint_path is not None:
-            checkpoint_path = os.fspath(checkpoint_path)
-            if not checkpoint_path.endswith(_SUFFIX):
-                raise ValueError(
-                    "Invalid value received for argument `checkpoint_path`. "
-                    f"Expected a path ending in '{_SUFFIX}'. "
-                    f"Received: checkpoint_path={checkpoint_path!r}"
-                )
+            expected = f"None or a path ending in '{_SUFFIX}'"
+            if not isinstance(checkpoint_path, (str, os.PathLike)):
+                fail("checkpoint_path", expected, checkpoint_path)
+            path = os.fspath(checkpoint_path)
+            if not isinstance(path, str) or not path.endswith(_SUFFIX):
+                fail("checkpoint_path", expected, checkpoint_path)
+            checkpoint_path = path
         self.checkpoint_path = checkpoint_path
-        self.save_optimizer = bool(save_optimizer)
+        self.save_optimizer = check_bool("save_optimizer", save_optimizer)
         self.stopping_threshold = _finite_or_none(
             "stopping_threshold", stopping_threshold
         )
         self.divergence_threshold = _finite_or_none(
             "divergence_threshold", divergence_threshold
         )
-        self.check_finite = bool(check_finite)
-        self.strict = bool(strict)
+        self.check_finite = check_bool("check_finite", check_finite)
+        self.strict = check_bool("strict", strict)
         self.verbose = check_choice("verbose", verbose, (0, 1))
-        if mode == "auto":
-            name = monitor.lower()
-            mode = "max" if any(h in name for h in _MAX_HINTS) else "min"
-        self._sign = 1.0 if mode == "min" else -1.0
+        if self.mode == "auto":
+            # `None` until the model's metrics tell (see `_resolve_mode`).
+            self._fixed_sign = _SIGNS.get(_name_direction(monitor))
+        else:
+            self._fixed_sign = _SIGNS[self.mode]
+        self._sign = self._fixed_sign
         self._active = False
+        self._armed = False
+        self._fit_token = None
         self._reset()
 
     # -- state -------------------------------------------------------------
 
     def _reset(self):
-        self.best = math.inf * self._sign
+        self._sign = self._fixed_sign
+        self.best = None if self._sign is None else math.inf * self._sign
         self.best_epoch = None
         self.stopped_epoch = None
         self.wait = 0
@@ -215,19 +368,41 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._reset()
+        self._resolve_mode(final=False)
         if self.checkpoint_path is not None:
             self._check_writable()
+        # `fit` gives the model a new `History` before any callback starts:
+        # it tells this fit from a later one when this one was left by an
+        # exception that skipped `on_train_end`.
+        self._fit_token = getattr(self.model, "history", None)
+        self._armed = False
         self._install_step_guard()
         self._active = True
 
+    def on_train_batch_begin(self, batch, logs=None):
+        # Arms the step guard for the one step `fit` runs next. Only a flag:
+        # reading `self.model` here would sync JAX state at every batch.
+        self._armed = True
+
     def on_epoch_end(self, epoch, logs=None):
-        logs = logs or {}
-        if self.monitor not in logs:
+        try:
+            self._epoch_end(epoch, logs or {})
+        except BaseException:
+            # An error raised here (an array-valued or missing monitor, an
+            # unknowable mode, an interrupt) ends `fit` without
+            # `on_train_end`: restore and unhook now.
+            self._after_error()
+            raise
+
+    def _epoch_end(self, epoch, logs):
+        if self._sign is None:
+            self._resolve_mode(final=True)
+        if logs.get(self.monitor) is None:
             self._missing_monitor(logs)
             return
         if epoch < self.start_from_epoch:
             return
-        current = float(logs[self.monitor])
+        current = _scalar(self.monitor, logs[self.monitor])
         self._seen += 1
         if not math.isfinite(current):
             self.wait += 1
@@ -313,6 +488,33 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             raise
 
     # -- internals ---------------------------------------------------------
+
+    def _resolve_mode(self, final):
+        """Sets the direction of `mode="auto"` from the model's metrics.
+
+        Raises as soon as the direction is known to be unknowable: when the
+        metrics are built (`final=False`, at `on_train_begin`) or at the
+        first epoch end (`final=True`, after the first train step built
+        them).
+        """
+        if self._sign is not None:
+            return
+        direction, pending = _metric_direction(self.model, self.monitor)
+        if direction is None and pending and not final:
+            return  # the compiled metrics are built by the first step
+        if direction is None:
+            fail(
+                "mode",
+                "'min' or 'max' for this monitor: `mode='auto'` cannot tell "
+                f"whether monitor={self.monitor!r} should be minimized or "
+                "maximized: its name does not end in `loss` or an error "
+                "suffix (`mae`, `mse`, `error`, `crossentropy`, `hinge`, "
+                "...), and the model has no metric of that name with a "
+                "known direction",
+                self.mode,
+            )
+        self._sign = _SIGNS[direction]
+        self.best = math.inf * self._sign
 
     def _stop(self, epoch, reason):
         self.model.stop_training = True
@@ -401,36 +603,65 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
                 sync()
             self.restore()
 
+    def _live_in(self, model):
+        """Whether this callback is in the `fit` now running on `model`."""
+        return self._active and (
+            getattr(model, "history", None) is self._fit_token
+        )
+
     def _install_step_guard(self):
         model = self.model
+        # Drop guards of callbacks no longer training: an exception outside
+        # the step skips their `on_train_end`.
+        link = getattr(getattr(model, "train_function", None), _GUARD, None)
+        while link is not None:
+            owner = link.owner
+            if owner is self or not owner._live_in(model):
+                owner._remove_step_guard(model)
+                link = getattr(model.train_function, _GUARD, None)
+            else:
+                link = getattr(link.inner, _GUARD, None)
         step = getattr(model, "train_function", None)
-        # Drop guards left by callbacks no longer training (an exception
-        # outside the step skips `on_train_end`); they only pass through.
-        while step is not None and hasattr(step, _GUARD):
-            owner, inner = getattr(step, _GUARD)
-            if owner._active and owner is not self:
-                break
-            step = inner
-        model.train_function = step
         if step is None:
             return
+        link = _Link(self, step)
 
         def guarded(*args, **kwargs):
+            # Guards only the steps of its own fit: the flag is set by this
+            # callback's `on_train_batch_begin` just before each step and
+            # taken here. A step with the flag down belongs to another fit,
+            # a `train_on_batch`, ... and passes through; once this
+            # callback's fit is over, the guard also removes itself.
+            if not (self._armed and self._live_in(model)):
+                if not self._live_in(model):
+                    self._active = False
+                    self._remove_step_guard(model)
+                return link.inner(*args, **kwargs)
+            self._armed = False
             try:
-                return step(*args, **kwargs)
+                return link.inner(*args, **kwargs)
             except BaseException as error:
                 if not _ends_epoch(error):
                     self._after_error()
                 raise
 
-        setattr(guarded, _GUARD, (self, step))
+        setattr(guarded, _GUARD, link)
         model.train_function = guarded
 
-    def _remove_step_guard(self):
-        step = getattr(self.model, "train_function", None)
-        guard = getattr(step, _GUARD, None)
-        if guard is not None and guard[0] is self:
-            self.model.train_function = guard[1]
+    def _remove_step_guard(self, model=None):
+        """Unlinks this callback's guard, wherever it is in the chain."""
+        model = model if model is not None else self._model
+        step = getattr(model, "train_function", None)
+        link = getattr(step, _GUARD, None)
+        if link is not None and link.owner is self:
+            model.train_function = link.inner
+            return
+        while link is not None:
+            inner = getattr(link.inner, _GUARD, None)
+            if inner is not None and inner.owner is self:
+                link.inner = inner.inner
+                return
+            link = inner
 
     def _check_writable(self):
         directory = os.path.dirname(os.path.abspath(self.checkpoint_path))
@@ -447,8 +678,11 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             ) from error
 
     def _temporary_path(self):
+        # Unique per writer and per write (process id and a random token):
+        # two callbacks, threads or processes writing one `checkpoint_path`
+        # never share a temporary file, and the last `os.replace` wins.
         stem = self.checkpoint_path[: -len(_SUFFIX)]
-        return f"{stem}.tmp-{os.getpid()}{_SUFFIX}"
+        return f"{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex}{_SUFFIX}"
 
     def _write_checkpoint(self):
         temporary = self._temporary_path()
@@ -460,6 +694,9 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             with open(temporary, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(temporary, self.checkpoint_path)
+            _fsync_directory(
+                os.path.dirname(os.path.abspath(self.checkpoint_path))
+            )
         except BaseException as error:
             with contextlib.suppress(OSError):
                 os.remove(temporary)
