@@ -8,7 +8,9 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
 from keras_regularize.layers._rate import RateLayer
 
@@ -57,14 +59,16 @@ class DropPath(RateLayer):
             Defaults to `0.1`.
         mode: `"row"` (one decision per sample) or `"batch"` (one decision
             per call). Defaults to `"row"`.
-        scale_by_keep: Bool. Whether kept branches are divided by
+        scale_by_keep: Python bool. Whether kept branches are divided by
             `1 - rate`. Defaults to `True`.
         seed: Optional non-negative int seeding the layer's
             `keras.random.SeedGenerator`. Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: Tensor of rank >= 2 whose axis 0 is the batch.
+        inputs: Floating-point tensor of rank >= 2 whose axis 0 is the
+            batch (0 rows allowed). Integer and bool inputs are refused:
+            cast them to a float dtype first.
         training: Python bool. Branches are dropped only when `True`.
 
     Example:
@@ -87,7 +91,7 @@ class DropPath(RateLayer):
     ):
         super().__init__(rate, **kwargs)
         self.mode = check_choice("mode", mode, MODES)
-        self.scale_by_keep = bool(scale_by_keep)
+        self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
@@ -101,6 +105,7 @@ class DropPath(RateLayer):
         self.built = True
 
     def call(self, inputs, training=False):
+        check_input_dtype("DropPath", inputs)
         if not training:
             return inputs
         return drop_path(
@@ -110,6 +115,12 @@ class DropPath(RateLayer):
             self.scale_by_keep,
             self.seed_generator,
         )
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
+        # inputs too, when the model is built rather than at its first step.
+        check_input_dtype("DropPath", inputs)
+        return super().compute_output_spec(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -3,6 +3,9 @@
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 from keras_regularize.layers import DropPath
 from tests import harness
@@ -133,3 +136,98 @@ def test_keras_run_layer_test_cross_check():
         expected_num_seed_generators=1,
         supports_masking=True,
     )
+
+
+class _AlwaysTraining(keras.Model):
+    """Calls a layer with `training=True` inside compiled predict steps."""
+
+    def __init__(self, layer):
+        super().__init__(name="always_training")
+        self.inner = layer
+
+    def call(self, inputs):
+        return self.inner(inputs, training=True)
+
+
+@pytest.mark.parametrize("value", ["no", "", 1, 0, None, 0.5])
+def test_scale_by_keep_takes_bools_only(value):
+    with pytest.raises(
+        ValueError,
+        match=f"argument `scale_by_keep`.*Received: scale_by_keep={value!r}",
+    ):
+        DropPath(0.5, scale_by_keep=value)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "bool"])
+def test_integer_inputs_are_refused_naming_the_layer_and_dtype(dtype):
+    # JAX without x64 holds int64 data as int32.
+    shown = "int(32|64)" if dtype == "int64" else dtype
+    message = f"`DropPath`.*floating-point.*dtype={shown}"
+    x = np.ones((4, 3), dtype)
+    for training in (True, False):
+        with pytest.raises(ValueError, match=message):
+            DropPath(0.5)(x, training=training)
+    # A symbolic input fails when the model is built, not at the first step.
+    with pytest.raises(ValueError, match=message):
+        DropPath(0.5)(keras.Input((3,), dtype=dtype))
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_empty_batch_gives_an_empty_output(mode, jit):
+    layer = DropPath(0.5, mode=mode, seed=0)
+    x = np.zeros((0, 3, 2), "float32")
+    assert harness.to_numpy(layer(x, training=True)).shape == (0, 3, 2)
+    model = _AlwaysTraining(layer)
+    model.compile(jit_compile=jit)
+    assert model.predict_on_batch(x).shape == (0, 3, 2)
+
+
+@pytest.mark.parametrize("mode", ["row", "batch"])
+@pytest.mark.parametrize("scale_by_keep", [True, False])
+def test_rate_zero_is_exactly_the_identity_in_training(mode, scale_by_keep):
+    x = np.random.default_rng(0).normal(size=(9, 5)).astype("float32")
+    layer = DropPath(0.0, mode=mode, scale_by_keep=scale_by_keep, seed=0)
+    for _ in range(3):
+        np.testing.assert_array_equal(
+            harness.to_numpy(layer(x, training=True)), x
+        )
+
+
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), True, "0.1", None]
+)
+def test_non_finite_or_non_numeric_rates_are_refused(value):
+    with pytest.raises(ValueError, match="argument `rate`.*Received: rate="):
+        DropPath(value)
+    layer = DropPath(0.2)
+    with pytest.raises(ValueError, match="argument `rate`.*Received: rate="):
+        layer.rate = value
+    assert layer.rate == 0.2
+    assert float(harness.to_numpy(layer.rate_variable)) == pytest.approx(0.2)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rate=st.one_of(st.just(0.0), st.floats(0.01, 0.95)),
+    batch=st.integers(1, 400),
+    features=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    scale_by_keep=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_kept_fraction_is_binomial_and_kept_samples_are_scaled_exactly(
+    rate, batch, features, scale_by_keep, seed
+):
+    shape = (batch, *features)
+    x = np.random.default_rng(seed).uniform(0.5, 2.0, shape).astype("float32")
+    layer = DropPath(rate, scale_by_keep=scale_by_keep, seed=seed)
+    y = harness.to_numpy(layer(x, training=True)).reshape(batch, -1)
+    x = x.reshape(batch, -1)
+    dropped = np.all(y == 0.0, axis=1)
+    # Inputs are non-zero, so a kept sample has no zero entry.
+    assert np.all(dropped | np.all(y != 0.0, axis=1)), "a partial drop"
+    assert harness.binomial_ok(dropped.sum(), batch, rate, sigmas=5.0)
+    # The layer's float32 arithmetic: keep = 1 - rate, scale = 1 / keep.
+    keep = np.float32(1.0) - np.float32(rate)
+    scale = np.float32(1.0) / keep if scale_by_keep else np.float32(1.0)
+    np.testing.assert_array_equal(y[~dropped], x[~dropped] * scale)
