@@ -7,7 +7,9 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
 from keras_regularize.layers._rate import RateLayer
 from keras_regularize.layers.drop_path import MODES
@@ -61,14 +63,15 @@ class StochasticDepth(RateLayer):
         rate: Float in `[0, 1)`. Probability of dropping the residual.
             Defaults to `0.1`.
         mode: `"row"` or `"batch"`. Defaults to `"row"`.
-        scale_by_keep: Bool. Defaults to `True`.
+        scale_by_keep: Python bool. Defaults to `True`.
         seed: Optional non-negative int for the layer's seed generator.
             Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: List `[shortcut, residual]` of two tensors of one shape,
-            rank >= 2, batch first.
+        inputs: List `[shortcut, residual]` of two floating-point tensors
+            of one shape, rank >= 2, batch first. Integer and bool inputs
+            are refused: cast them to a float dtype first.
         training: Python bool. The residual is dropped only when `True`.
 
     Example:
@@ -88,7 +91,7 @@ class StochasticDepth(RateLayer):
     ):
         super().__init__(rate, **kwargs)
         self.mode = check_choice("mode", mode, MODES)
-        self.scale_by_keep = bool(scale_by_keep)
+        self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -104,6 +107,8 @@ class StochasticDepth(RateLayer):
     def call(self, inputs, training=False):
         _check_pair(_shapes(inputs))
         shortcut, residual = inputs
+        check_input_dtype("StochasticDepth", shortcut, "shortcut")
+        check_input_dtype("StochasticDepth", residual, "residual")
         if training:
             residual = drop_path(
                 residual,
@@ -115,6 +120,13 @@ class StochasticDepth(RateLayer):
         elif not self.scale_by_keep:
             residual = residual * ops.cast(self._keep_prob(), residual.dtype)
         return shortcut + residual
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        # Symbolic calls refuse integer inputs too, when the model is built.
+        if isinstance(inputs, (list, tuple)) and len(inputs) == 2:
+            check_input_dtype("StochasticDepth", inputs[0], "shortcut")
+            check_input_dtype("StochasticDepth", inputs[1], "residual")
+        return super().compute_output_spec(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
