@@ -256,9 +256,10 @@ ROWS = {
         mixer=[*LAYER, keras.layers.Dense(2)],
     ),
     "keras_regularize.models.mc_predict": _row(
-        lambda model=None, x=None, **kw: kr.models.mc_predict(
+        lambda model=None, x=None, samples=2, **kw: kr.models.mc_predict(
             _mc_model() if model is None else model,
             _x() if x is None else x,
+            samples=samples,
             **kw,
         ),
         model=MODEL,
