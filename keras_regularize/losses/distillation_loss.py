@@ -1,9 +1,105 @@
 """Knowledge-distillation loss: tempered KL to a teacher plus hard-label CE."""
 
+import numpy as np
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_number
+from keras_regularize.losses.sparse_categorical_crossentropy import (
+    class_id_validity,
+)
+from keras_regularize.losses.sparse_categorical_crossentropy import (
+    nan_where_invalid,
+)
+
+
+def _shape(x):
+    return tuple(x.shape)
+
+
+def _same_dims(a, b):
+    return len(a) == len(b) and all(
+        p is None or q is None or p == q for p, q in zip(a, b)
+    )
+
+
+def as_tensor(name, x, floating=True):
+    """`x` as a tensor, refusing structures and non-numeric dtypes.
+
+    Refuses with a `ValueError` on every backend, before any computation,
+    so a bad input never surfaces as a backend-specific `TypeError`.
+    """
+    if x is None or isinstance(x, (dict, str, bytes)):
+        raise ValueError(
+            f"`{name}` must be a tensor or array. Received: "
+            f"{name} of type {type(x).__name__}"
+        )
+    if not ops.is_tensor(x):
+        try:
+            x = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                f"`{name}` must be a tensor or array. Received: {name} of "
+                f"type {type(x).__name__} ({e})"
+            ) from None
+        if x.dtype.kind not in "biuf":
+            raise ValueError(
+                f"`{name}` must hold numbers. Received: {name} with dtype "
+                f"{x.dtype}"
+            )
+    dtype = str(ops.dtype(x))
+    if floating and "float" not in dtype:
+        raise ValueError(
+            f"`{name}` must be of a floating-point dtype (logits or "
+            f"probabilities). Received: {name} with dtype={dtype}"
+        )
+    if not floating and dtype == "bool":
+        raise ValueError(
+            f"`{name}` must hold integer class ids or float one-hot/soft "
+            f"labels. Received: {name} with dtype={dtype}"
+        )
+    return ops.convert_to_tensor(x)
+
+
+def check_outputs(
+    student_outputs,
+    teacher_outputs,
+    student_name="student_logits",
+    teacher_name="teacher_logits",
+):
+    """Validates student and teacher outputs; returns them as tensors.
+
+    The student's outputs must be a float tensor of rank >= 2 (batch first,
+    classes last), and every teacher's the same shape, so nothing is
+    broadcast silently. `teacher_outputs` is a tensor or a list of them.
+    Raises a `ValueError` naming both shapes on a mismatch.
+    """
+    student_outputs = as_tensor(student_name, student_outputs)
+    if len(student_outputs.shape) < 2:
+        raise ValueError(
+            f"`{student_name}` must have rank >= 2 (batch, ..., classes). "
+            f"Received: {student_name}.shape={_shape(student_outputs)}"
+        )
+    single = not isinstance(teacher_outputs, (list, tuple))
+    items = [teacher_outputs] if single else list(teacher_outputs)
+    if not items:
+        raise ValueError(
+            f"`{teacher_name}` must be a tensor or a non-empty list of "
+            f"tensors. Received: {teacher_name}=[]"
+        )
+    checked = []
+    for i, t in enumerate(items):
+        name = teacher_name if single else f"{teacher_name}[{i}]"
+        t = as_tensor(name, t)
+        if not _same_dims(_shape(t), _shape(student_outputs)):
+            raise ValueError(
+                f"`{name}` must have the shape of `{student_name}`. "
+                f"Received: {student_name}.shape={_shape(student_outputs)} "
+                f"and {name}.shape={_shape(t)}"
+            )
+        checked.append(t)
+    return student_outputs, checked
 
 
 def _log_probs(outputs, from_logits):
@@ -50,24 +146,73 @@ def kl_per_sample(student_outputs, log_targets, temperature, from_logits=True):
     return t * t * kl
 
 
-def cross_entropy_per_sample(student_outputs, labels, from_logits=True):
-    """Cross-entropy with integer labels, or one-hot/soft labels."""
+def cross_entropy_per_sample(
+    student_outputs, labels, from_logits=True, name="labels"
+):
+    """Cross-entropy with integer labels, or one-hot/soft labels.
+
+    Integer labels have the outputs' shape without the class axis, or with
+    a size-1 class axis; one-hot/soft labels the outputs' shape. Integer
+    labels out of `[0, classes)` raise a `ValueError` where their values are
+    known and give NaN inside a traced step.
+    """
     log_p = _log_probs(student_outputs, from_logits)
-    labels = ops.convert_to_tensor(labels)
-    if len(labels.shape) == len(log_p.shape) and labels.shape[-1] != 1:
+    labels = as_tensor(name, labels, floating=False)
+    out_shape = _shape(log_p)
+    classes = out_shape[-1]
+    rank = len(out_shape)
+    if len(labels.shape) == rank and labels.shape[-1] != 1:
+        if not _same_dims(_shape(labels), out_shape):
+            raise ValueError(
+                f"One-hot or soft `{name}` must have the outputs' shape "
+                f"{out_shape}; integer `{name}` the shape {out_shape[:-1]} "
+                f"or {out_shape[:-1] + (1,)}. Received: "
+                f"{name}.shape={_shape(labels)}"
+            )
         return -ops.sum(ops.cast(labels, "float32") * log_p, axis=-1)
-    if len(labels.shape) == len(log_p.shape):
+    if len(labels.shape) == rank:
         labels = ops.squeeze(labels, axis=-1)
-    one_hot = ops.one_hot(ops.cast(labels, "int32"), log_p.shape[-1])
-    return -ops.sum(one_hot * log_p, axis=-1)
+    if not _same_dims(_shape(labels), out_shape[:-1]):
+        raise ValueError(
+            f"Integer `{name}` must have the shape {out_shape[:-1]} or "
+            f"{out_shape[:-1] + (1,)}, one-hot or soft `{name}` the outputs' "
+            f"shape {out_shape}. Received: {name}.shape="
+            f"{_shape(labels) if len(labels.shape) < rank else out_shape}"
+        )
+    ids, valid = class_id_validity(labels, classes, name)
+    picked = ops.take_along_axis(log_p, ops.expand_dims(ids, -1), axis=-1)
+    return nan_where_invalid(-ops.squeeze(picked, axis=-1), valid)
 
 
-def weighted_mean(values, sample_weight=None):
-    """`sum(w * values) / batch_size`, Keras's `sum_over_batch_size`."""
+def weighted_mean(values, sample_weight=None, name="sample_weight"):
+    """`sum(w * values) / values.size`, Keras's `sum_over_batch_size`.
+
+    `sample_weight` is a scalar, one weight per sample (`(batch,)` or
+    `(batch, 1)`), or one per value. An empty batch gives `0.0`.
+    """
+    count = ops.cast(ops.size(values), "float32")
     if sample_weight is None:
-        return ops.mean(values)
-    weight = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
-    return ops.sum(values * weight) / ops.cast(ops.shape(values)[0], "float32")
+        return ops.divide_no_nan(ops.sum(values), count)
+    weight = as_tensor(name, sample_weight, floating=False)
+    weight = ops.cast(weight, "float32")
+    shape = _shape(values)
+    if len(weight.shape) == len(shape) + 1 and weight.shape[-1] == 1:
+        weight = ops.squeeze(weight, axis=-1)
+    while 0 < len(weight.shape) < len(shape):
+        weight = ops.expand_dims(weight, -1)
+    if len(weight.shape) and not (
+        len(weight.shape) == len(shape)
+        and all(
+            w is None or v is None or w in (1, v)
+            for w, v in zip(weight.shape, shape)
+        )
+    ):
+        raise ValueError(
+            f"`{name}` must hold one weight per sample, shape {shape[:1]} "
+            f"or {shape[:1] + (1,)}. Received: "
+            f"{name}.shape={_shape(ops.convert_to_tensor(sample_weight))}"
+        )
+    return ops.divide_no_nan(ops.sum(values * weight), count)
 
 
 @export("keras_regularize.losses.DistillationLoss")
@@ -86,20 +231,31 @@ class DistillationLoss:
     probabilities at temperature `T` are averaged.
 
     Args:
-        temperature: Float > 0. Softmax temperature `T` of the soft term.
-            Defaults to `4.0`.
+        temperature: Finite float > 0. Softmax temperature `T` of the soft
+            term. Defaults to `4.0`.
         alpha: Float in `[0, 1]`. Weight of the soft term; the hard-label
             term gets `1 - alpha`. Defaults to `0.7`.
-        from_logits: Bool. Whether student and teacher outputs are logits
-            (`True`) or probabilities. Defaults to `True`.
+        from_logits: Python bool (`True` or `False` only). Whether student
+            and teacher outputs are logits (`True`) or probabilities.
+            Defaults to `True`.
 
     Call arguments:
-        student_logits: Tensor `(batch, classes)`.
-        teacher_logits: Tensor `(batch, classes)`, or a list of them.
+        student_logits: Float tensor `(batch, classes)` (or
+            `(batch, ..., classes)`).
+        teacher_logits: Float tensor of exactly the student's shape, or a
+            list of them. Nothing is broadcast: a teacher of another shape
+            raises a `ValueError` naming both shapes.
         labels: Integer labels `(batch,)` or `(batch, 1)`, or one-hot/soft
-            labels `(batch, classes)`.
+            labels `(batch, classes)`. An integer label outside
+            `[0, classes)` raises a `ValueError` naming it where its value
+            is known (eager calls); inside a traced step (`jit`,
+            `tf.function`) the loss is NaN instead, never a finite number.
         sample_weight: Optional `(batch,)` weights applied to both terms
             (`sum(w * loss) / batch`).
+
+    Every input is checked (structure, rank, shape, dtype) before anything
+    is computed, and a bad one raises a `ValueError` on every backend. An
+    empty batch gives a loss of `0.0`.
 
     Example:
 
@@ -118,18 +274,12 @@ class DistillationLoss:
             "temperature", temperature, 0.0, low_open=True
         )
         self.alpha = check_number("alpha", alpha, 0.0, 1.0)
-        if not isinstance(from_logits, bool):
-            raise ValueError(
-                "Invalid value received for argument `from_logits`. Expected "
-                f"a bool. Received: from_logits={from_logits!r}"
-            )
-        self.from_logits = from_logits
+        self.from_logits = check_bool("from_logits", from_logits)
 
     def distillation(self, student_logits, teacher_logits, sample_weight=None):
         """The soft term alone: batch mean of `T^2 * KL`, without `alpha`."""
-        targets = soft_targets(
-            teacher_logits, self.temperature, self.from_logits
-        )
+        student_logits, teachers = check_outputs(student_logits, teacher_logits)
+        targets = soft_targets(teachers, self.temperature, self.from_logits)
         values = kl_per_sample(
             student_logits, targets, self.temperature, self.from_logits
         )
@@ -137,6 +287,7 @@ class DistillationLoss:
 
     def hard(self, student_logits, labels, sample_weight=None):
         """The hard-label term alone: batch mean cross-entropy."""
+        student_logits, _ = check_outputs(student_logits, student_logits)
         values = cross_entropy_per_sample(
             student_logits, labels, self.from_logits
         )
@@ -145,8 +296,11 @@ class DistillationLoss:
     def __call__(
         self, student_logits, teacher_logits, labels, sample_weight=None
     ):
-        soft = self.distillation(student_logits, teacher_logits, sample_weight)
+        # Every input is checked (rank, shape, dtype) before the soft term
+        # is computed: the hard term validates labels and weights first.
+        check_outputs(student_logits, teacher_logits)
         hard = self.hard(student_logits, labels, sample_weight)
+        soft = self.distillation(student_logits, teacher_logits, sample_weight)
         return self.alpha * soft + (1.0 - self.alpha) * hard
 
     def get_config(self):

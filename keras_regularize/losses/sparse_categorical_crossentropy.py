@@ -5,11 +5,80 @@ Paper: Rethinking the Inception Architecture for Computer Vision
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
+from keras_regularize._validation import fail
+
+
+def known_values(x):
+    """`x` as a NumPy array when its values are known now, else `None`.
+
+    Values are known in eager code (NumPy, eager TensorFlow, eager torch,
+    JAX outside `jit`). They are not inside a traced step (a `jax.jit`
+    trace, a `tf.function` graph, `tf.data`, a symbolic build), where the
+    conversion raises and `None` is returned. Under `torch.compile` the
+    conversion breaks the graph and runs eagerly, so values are known.
+    """
+    try:
+        return np.asarray(ops.convert_to_numpy(x))
+    except (TypeError, RuntimeError):
+        # JAX tracers raise a TypeError; symbolic TensorFlow and meta
+        # torch tensors raise NotImplementedError (a RuntimeError).
+        return None
+
+
+def class_id_validity(labels, num_classes, name="y_true"):
+    """Checks integer class ids; returns the ids clipped and a validity mask.
+
+    An id is valid when it is an integer in `[0, num_classes)`. Where the
+    values are known (eager code), an invalid id raises a `ValueError`
+    naming it. Inside a traced step no data-dependent error can be raised:
+    the caller must then turn the loss of every invalid position into NaN
+    with the returned mask, so a bad label never yields a finite loss. The
+    returned ids are clipped into range, so gathers stay defined.
+    """
+    labels = ops.convert_to_tensor(labels)
+    is_float = "float" in str(ops.dtype(labels))
+    if is_float:
+        whole = ops.equal(labels, ops.floor(labels))
+    valid = ops.logical_and(
+        ops.greater_equal(labels, 0), ops.less(labels, num_classes)
+    )
+    if is_float:
+        valid = ops.logical_and(valid, whole)
+    known = known_values(valid)
+    if known is not None and not known.all():
+        bad = np.asarray(ops.convert_to_numpy(labels))[~known].ravel()[0]
+        bad = int(bad) if float(bad).is_integer() else float(bad)
+        fail(
+            name,
+            f"integer class indices in [0, {num_classes - 1}] "
+            f"({num_classes} classes); the first offending entry is shown",
+            bad,
+        )
+    ids = ops.cast(ops.where(valid, labels, ops.zeros_like(labels)), "int32")
+    return ids, valid
+
+
+def nan_where_invalid(values, valid):
+    """`values` with NaN wherever `valid` is False."""
+    nan = ops.full_like(values, float("nan"))
+    return ops.where(valid, values, nan)
+
+
+def _shape(x):
+    return tuple(x.shape)
+
+
+def _same_dims(a, b):
+    return len(a) == len(b) and all(
+        p is None or q is None or p == q for p, q in zip(a, b)
+    )
 
 
 @export("keras_regularize.losses.SparseCategoricalCrossentropy")
@@ -30,8 +99,8 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
     Args:
         label_smoothing: Float in `[0, 1]`. Defaults to `0.0` (plain
             sparse categorical cross-entropy).
-        from_logits: Bool. Whether `y_pred` holds logits rather than
-            probabilities. Defaults to `False`.
+        from_logits: Python bool (`True` or `False` only). Whether `y_pred`
+            holds logits rather than probabilities. Defaults to `False`.
         axis: Int. The class axis of `y_pred`. Defaults to `-1`.
         reduction: As for any `keras.losses.Loss`. Defaults to
             `"sum_over_batch_size"`.
@@ -40,9 +109,25 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
         dtype: Dtype the loss is computed in. Defaults to `None` (the
             global float type, float32 under mixed precision).
 
+    Out-of-range labels: every label must be an integer in `[0, K)`. A
+    label outside it (`K`, `-1`, `2.5`, NaN) raises a `ValueError` naming
+    the first offending value wherever its value is known when the loss is
+    called: eager calls on every backend, including a torch `fit` (compiled
+    or not). Inside a traced step (a JAX or TensorFlow `fit`, `tf.function`,
+    `jit_compile=True`) no data-dependent error can be raised; there the
+    loss of each such position is NaN, so the batch loss is NaN rather than
+    a plausible finite number (Keras's own loss gives NaN for `K` and wraps
+    `-1` to class `K - 1` on JAX). Use a callback such as
+    `keras.callbacks.TerminateOnNaN` to stop such a fit.
+
     Call arguments:
-        y_true: Integer class indices of shape `(B, ...)`, or `(B, ..., 1)`.
-        y_pred: Probabilities or logits of shape `(B, ..., K)`.
+        y_true: Integer class indices of the shape of `y_pred` without its
+            class axis, e.g. `(B,)` or `(B, H, W)`, or of that shape with a
+            size-1 axis in the class position: `(B, 1)` for `axis=-1`,
+            `(B, 1, H, W)` for `axis=1` and `y_pred` of shape
+            `(B, K, H, W)`.
+        y_pred: Probabilities or logits with `K` classes along `axis`, e.g.
+            `(B, ..., K)`.
         sample_weight: Optional per-sample weights.
 
     Example:
@@ -75,16 +160,34 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
         self.label_smoothing = check_number(
             "label_smoothing", label_smoothing, 0.0, 1.0
         )
-        self.from_logits = bool(from_logits)
+        self.from_logits = check_bool("from_logits", from_logits)
         self.axis = check_int("axis", axis)
 
     def call(self, y_true, y_pred):
-        axis = self.axis % len(y_pred.shape)
-        if axis != len(y_pred.shape) - 1:
+        rank = len(y_pred.shape)
+        if not -rank <= self.axis < rank:
+            raise ValueError(
+                f"`axis={self.axis}` is out of range for `y_pred` of rank "
+                f"{rank}. Received: y_pred.shape={_shape(y_pred)}"
+            )
+        axis = self.axis % rank
+        expected = _shape(y_pred)[:axis] + _shape(y_pred)[axis + 1 :]
+        if len(y_true.shape) == rank and y_true.shape[axis] == 1:
+            # Labels with a size-1 class axis, e.g. (B, 1) or (B, 1, H, W)
+            # with `axis=1`: drop that axis, as Keras does.
+            y_true = ops.squeeze(y_true, axis=axis)
+        if not _same_dims(_shape(y_true), expected):
+            raise ValueError(
+                "`y_true` must hold one class index per position of `y_pred` "
+                f"without its class axis ({axis}): shape {expected}, or that "
+                f"shape with a size-1 axis at {axis}. Received: "
+                f"y_true.shape={_shape(y_true)}, "
+                f"y_pred.shape={_shape(y_pred)}"
+            )
+        if axis != rank - 1:
             y_pred = ops.moveaxis(y_pred, axis, -1)
-        if len(y_true.shape) == len(y_pred.shape):
-            y_true = ops.squeeze(y_true, axis=-1)
-        labels = ops.cast(y_true, "int32")
+        num_classes = y_pred.shape[-1]
+        labels, valid = class_id_validity(y_true, num_classes)
         if self.from_logits:
             log_probs = ops.log_softmax(y_pred, axis=-1)
         else:
@@ -97,9 +200,11 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
         picked = ops.squeeze(picked, axis=-1)
         smoothing = self.label_smoothing
         if smoothing == 0.0:
-            return -picked
-        uniform = ops.mean(log_probs, axis=-1)
-        return -(1.0 - smoothing) * picked - smoothing * uniform
+            values = -picked
+        else:
+            uniform = ops.mean(log_probs, axis=-1)
+            values = -(1.0 - smoothing) * picked - smoothing * uniform
+        return nan_where_invalid(values, valid)
 
     def get_config(self):
         return {

@@ -6,9 +6,11 @@ from keras import ops
 
 from keras_regularize._backend import replicas_in_sync
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_number
 from keras_regularize._validation import fail
 from keras_regularize._variables import add_scalar
+from keras_regularize.losses.distillation_loss import check_outputs
 from keras_regularize.losses.distillation_loss import cross_entropy_per_sample
 from keras_regularize.losses.distillation_loss import kl_per_sample
 from keras_regularize.losses.distillation_loss import soft_targets
@@ -136,17 +138,15 @@ class Distiller(keras.Model):
                     "`Distiller.self_distill(model)`)",
                     f"the student model '{student.name}'",
                 )
-        self._check_shapes(student, teachers)
+        checked = self._check_shapes(student, teachers)
         temperature = check_number(
             "temperature", temperature, 0.0, low_open=True
         )
         alpha = check_number("alpha", alpha, 0.0, 1.0)
-        for name, value in (
-            ("from_logits", from_logits),
-            ("cache_teacher_outputs", cache_teacher_outputs),
-        ):
-            if not isinstance(value, bool):
-                fail(name, "a bool", repr(value))
+        from_logits = check_bool("from_logits", from_logits)
+        cache_teacher_outputs = check_bool(
+            "cache_teacher_outputs", cache_teacher_outputs
+        )
 
         self.student = student
         self.teachers = teachers
@@ -163,12 +163,19 @@ class Distiller(keras.Model):
             name="distillation_loss"
         )
         self._evaluating = False
+        # Whether every teacher's output shape is known to equal the
+        # student's; if not (unbuilt models), the first call checks.
+        self._shapes_checked = checked
         if student.built and all(t.built for t in teachers):
             self.built = True
 
     @staticmethod
-    def _check_shapes(student, teachers):
-        shapes = [_output_shape(t) for t in teachers]
+    def _check_shapes(student, teachers, student_shape=None, shapes=None):
+        """Checks known output shapes; returns whether all were known."""
+        if shapes is None:
+            shapes = [_output_shape(t) for t in teachers]
+        if student_shape is None:
+            student_shape = _output_shape(student)
         known = [(i, s) for i, s in enumerate(shapes) if s is not None]
         for (i, a), (j, b) in zip(known, known[1:]):
             if a != b:
@@ -178,16 +185,36 @@ class Distiller(keras.Model):
                     f"teacher[{i}] with output shape {(None,) + a} and "
                     f"teacher[{j}] with output shape {(None,) + b}",
                 )
-        student_shape = _output_shape(student)
-        if student_shape is not None and known:
-            i, shape = known[0]
-            if shape != student_shape:
-                fail(
-                    "teacher",
-                    "teacher outputs of the student's output shape "
-                    f"{(None,) + student_shape}",
-                    f"teacher[{i}] with output shape {(None,) + shape}",
-                )
+        if student_shape is not None:
+            for i, shape in known:
+                if shape != student_shape:
+                    fail(
+                        "teacher",
+                        "teacher outputs of the student's output shape "
+                        f"{(None,) + student_shape}",
+                        f"teacher[{i}] with output shape {(None,) + shape}",
+                    )
+        return student_shape is not None and len(known) == len(shapes)
+
+    def _check_teachers_on(self, inputs, student_outputs):
+        # The first call (the symbolic build that `fit`, `evaluate` and
+        # `predict` run first, or a direct call) builds unbuilt teachers
+        # and compares every teacher's output shape with the student's.
+        # Building them here, outside any compiled step, is what lets JAX
+        # train with teachers that were never called before.
+        shapes = []
+        for t in self.teachers:
+            shape = _output_shape(t) if t.built else None
+            if shape is None:
+                shape = tuple(t(inputs, training=False).shape[1:])
+            shapes.append(shape)
+        self._check_shapes(
+            self.student,
+            self.teachers,
+            student_shape=tuple(student_outputs.shape[1:]),
+            shapes=shapes,
+        )
+        self._shapes_checked = True
 
     @property
     def teacher(self):
@@ -242,7 +269,10 @@ class Distiller(keras.Model):
     def call(self, inputs, training=False):
         if isinstance(inputs, dict) and _CACHED in inputs:
             inputs = inputs[_INPUTS]
-        return self.student(inputs, training=training)
+        outputs = self.student(inputs, training=training)
+        if not self._shapes_checked:
+            self._check_teachers_on(inputs, outputs)
+        return outputs
 
     def _teacher_outputs(self, x):
         if isinstance(x, dict) and _CACHED in x:
@@ -262,7 +292,9 @@ class Distiller(keras.Model):
         for value in self.losses:
             extra = extra + ops.sum(ops.cast(value, "float32"))
         if self.loss is None:
-            values = cross_entropy_per_sample(y_pred, y, self.from_logits)
+            values = cross_entropy_per_sample(
+                y_pred, y, self.from_logits, name="y"
+            )
             hard = weighted_mean(values, sample_weight)
         else:
             # The compiled loss plus regularization, through the public
@@ -280,9 +312,12 @@ class Distiller(keras.Model):
             return (hard + extra) / replicas
         temperature = ops.convert_to_tensor(self.temperature_variable)
         alpha = ops.convert_to_tensor(self.alpha_variable)
-        targets = soft_targets(
-            self._teacher_outputs(x), temperature, self.from_logits
+        # Nothing is broadcast: every teacher output (computed or cached)
+        # must have the student's shape, checked when the step is traced.
+        y_pred, teacher_outputs = check_outputs(
+            y_pred, self._teacher_outputs(x), "student output", "teacher output"
         )
+        targets = soft_targets(teacher_outputs, temperature, self.from_logits)
         soft = weighted_mean(
             kl_per_sample(y_pred, targets, temperature, self.from_logits),
             sample_weight,

@@ -151,3 +151,136 @@ def test_config_round_trip():
     )
     assert type(restored) is DistillationLoss
     assert restored.get_config() == config
+
+
+# Inputs are validated (structure, rank, shape, dtype) before anything is
+# computed: a ValueError on every backend, never a broadcast or a backend's
+# own TypeError/RuntimeError.
+
+S = np.zeros((2, 3), "float32")
+Y = np.array([0, 2])
+
+
+def test_teacher_of_another_shape_is_not_broadcast():
+    loss = DistillationLoss()
+    with pytest.raises(
+        ValueError,
+        match=r"student_logits.shape=\(2, 3\) and teacher_logits.shape="
+        r"\(2, 1\)",
+    ):
+        loss(S, np.zeros((2, 1), "float32"), Y)
+    with pytest.raises(ValueError, match=r"teacher_logits.shape=\(2, 1\)"):
+        loss.distillation(S, np.zeros((2, 1), "float32"))
+
+
+def test_every_ensemble_teacher_is_checked():
+    with pytest.raises(ValueError, match=r"teacher_logits\[1\].shape=\(2, 4\)"):
+        DistillationLoss()(S, [S, np.zeros((2, 4), "float32")], Y)
+    with pytest.raises(ValueError, match=r"teacher_logits=\[\]"):
+        DistillationLoss()(S, [], Y)
+
+
+@pytest.mark.parametrize(
+    "student, teacher, labels, weight, message",
+    [
+        (S, np.zeros((3, 3), "float32"), Y, None, r"teacher_logits.shape"),
+        (S, S, np.array([0, 1, 2]), None, r"labels.shape=\(3,\)"),
+        (S, S, np.zeros((2, 2)), None, r"labels.shape=\(2, 2\)"),
+        (S, S, Y, np.ones(3), r"sample_weight.shape=\(3,\)"),
+        (S, {"logits": S}, Y, None, r"teacher_logits of type dict"),
+        (S, S, "labels", None, r"labels of type str"),
+        (S, S, np.array([True, False]), None, r"labels with dtype=bool"),
+        (S.astype("int32"), S, Y, None, r"student_logits with dtype=int32"),
+        (S, np.array([["a"] * 3] * 2), Y, None, r"teacher_logits.*dtype"),
+        (np.zeros(3, "float32"), np.zeros(3, "float32"), 0, None, "rank"),
+        (None, S, Y, None, r"student_logits of type NoneType"),
+    ],
+)
+def test_bad_inputs_raise_value_error(
+    student, teacher, labels, weight, message
+):
+    with pytest.raises(ValueError, match=message):
+        DistillationLoss()(student, teacher, labels, sample_weight=weight)
+
+
+@pytest.mark.parametrize("bad", [3, -1, 1.5])
+def test_out_of_range_hard_label_raises_naming_it(bad):
+    labels = np.array([0.0, bad])
+    with pytest.raises(
+        ValueError, match=rf"argument `labels`.*\[0, 2\].*labels={bad:g}"
+    ):
+        DistillationLoss()(S, S, labels)
+
+
+def test_out_of_range_hard_label_inside_a_traced_step_gives_nan():
+    loss = DistillationLoss()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        value = jax.jit(lambda y: loss(S, S, y))(np.array([0, 3]))
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        value = tf.function(lambda y: loss(S, S, y))(np.array([0, -1]))
+    else:
+        pytest.skip("torch steps run eagerly: the eager error applies")
+    assert np.isnan(float(to_numpy(value)))
+
+
+def test_empty_batch_gives_zero():
+    empty = np.zeros((0, 3), "float32")
+    value = DistillationLoss()(empty, empty, np.zeros((0,), "int32"))
+    assert float(to_numpy(value)) == 0.0
+
+
+def test_sample_weight_shapes_agree():
+    rng = np.random.default_rng(8)
+    s, t = rng.normal(size=(2, 6, 3)).astype("float32")
+    y = rng.integers(0, 3, size=6)
+    w = rng.uniform(size=6).astype("float32")
+    loss = DistillationLoss()
+    flat = float(to_numpy(loss(s, t, y, sample_weight=w)))
+    column = float(to_numpy(loss(s, t, y, sample_weight=w[:, None])))
+    assert flat == pytest.approx(column, rel=1e-6)
+    total, _, _ = reference(s, [t], y, 4.0, 0.7, np.full(6, 2.0))
+    assert float(to_numpy(loss(s, t, y, sample_weight=2.0))) == (
+        pytest.approx(total, rel=1e-5)
+    )
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_hyperparameters_are_refused(value):
+    with pytest.raises(ValueError, match="argument `temperature`"):
+        DistillationLoss(temperature=value)
+    with pytest.raises(ValueError, match="argument `alpha`"):
+        DistillationLoss(alpha=value)
+
+
+@pytest.mark.parametrize("value", [1, 0, "no", None])
+def test_from_logits_takes_bools_only(value):
+    with pytest.raises(ValueError, match="from_logits="):
+        DistillationLoss(from_logits=value)
+
+
+def test_temperature_scales_the_soft_term_by_t_squared():
+    # At a large T the tempered KL shrinks as 1/T^2; the T^2 factor keeps
+    # the soft term (and its gradient) on a constant scale.
+    rng = np.random.default_rng(9)
+    s, t = rng.normal(size=(2, 8, 5)).astype("float32")
+    values = [
+        float(to_numpy(DistillationLoss(temperature=T).distillation(s, t)))
+        for T in (20.0, 40.0)
+    ]
+    assert values[0] == pytest.approx(values[1], rel=0.02)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_alpha_selects_one_term(alpha):
+    rng = np.random.default_rng(10)
+    s, t = rng.normal(size=(2, 8, 5)).astype("float32")
+    y = rng.integers(0, 5, size=8)
+    loss = DistillationLoss(alpha=alpha)
+    term = loss.distillation(s, t) if alpha else loss.hard(s, y)
+    assert float(to_numpy(loss(s, t, y))) == pytest.approx(
+        float(to_numpy(term)), rel=1e-6
+    )
