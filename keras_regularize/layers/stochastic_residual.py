@@ -11,7 +11,9 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
 from keras_regularize.layers._rate import RateLayer
 from keras_regularize.layers.drop_path import drop_path
@@ -31,6 +33,10 @@ class StochasticResidual(RateLayer):
       computed**: neither its forward nor its backward pass runs, on every
       backend and inside jit-compiled steps (the choice is a `keras.ops.cond`
       on a seeded draw). Kept blocks are scaled by `1 / (1 - rate)`.
+      The losses the block adds while it runs (activity regularizers,
+      `add_loss`) count in the steps where it is kept, and a skipped block
+      adds none, since its activations never exist. Weight regularizers
+      depend on the weights only and count in every step, as elsewhere.
     - `mode="subset"`: the block runs on a random subset of
       `max(1, floor(B * (1 - rate)))` samples, a static size, and its output
       is added back to those samples scaled by `B / subset`; the other
@@ -39,6 +45,8 @@ class StochasticResidual(RateLayer):
       is traced again (the other modes read the rate variable every step).
     - `mode="row"`: the block runs on every sample and its output is dropped
       per sample as by `DropPath` (no compute saved; for comparison).
+
+    An empty batch passes through unchanged in every mode.
 
     At inference the layer returns `x + block(x)`, or
     `x + (1 - rate) * block(x)` when `scale_by_keep=False` (then no scaling
@@ -50,13 +58,15 @@ class StochasticResidual(RateLayer):
         rate: Float in `[0, 1)`. Probability of skipping the block.
             Defaults to `0.1`.
         mode: `"batch"`, `"subset"` or `"row"`. Defaults to `"batch"`.
-        scale_by_keep: Bool. Defaults to `True`.
+        scale_by_keep: Python bool. Defaults to `True`.
         seed: Optional non-negative int for the layer's seed generator.
             Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: Tensor accepted by `block`, batch first.
+        inputs: Floating-point tensor accepted by `block`, batch first.
+            Integer inputs are refused (the scaled residual would be
+            truncated); cast them first.
         training: Python bool. The block is skipped only when `True`.
 
     Example:
@@ -88,7 +98,7 @@ class StochasticResidual(RateLayer):
             )
         self.block = block
         self.mode = check_choice("mode", mode, MODES)
-        self.scale_by_keep = bool(scale_by_keep)
+        self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -117,6 +127,9 @@ class StochasticResidual(RateLayer):
         return ops.cast(self.block(inputs, training=training), inputs.dtype)
 
     def call(self, inputs, training=False):
+        # `x + scale * block(x)` in the input's dtype: integer inputs would
+        # truncate the scale (and the block's float output).
+        check_input_dtype("StochasticResidual", inputs)
         if not training:
             out = self._block(inputs, False)
             if not self.scale_by_keep:
@@ -146,26 +159,41 @@ class StochasticResidual(RateLayer):
         weights = [v.value for v in trainable]
         state = [v.value for v in stateful]
 
+        # Whether the traced block added losses (activity regularizers,
+        # `add_loss`): set while a branch is traced.
+        traced_losses = []
+
         def run_block():
             # The block runs in its own stateless scope: its state updates
-            # (batch-norm statistics, seed generators) come back as values
-            # instead of being written from inside the branch, so both
-            # branches are pure and the cond compiles on every backend.
+            # (batch-norm statistics, seed generators) and its losses come
+            # back as values instead of being written from inside the branch,
+            # so both branches are pure and the cond compiles on every
+            # backend.
             mapping = list(zip(trainable, weights)) + list(zip(stateful, state))
-            with keras.StatelessScope(state_mapping=mapping) as scope:
+            with keras.StatelessScope(
+                state_mapping=mapping, collect_losses=True
+            ) as scope:
                 out = self._block(inputs, True)
             new_state = []
             for variable, value in zip(stateful, state):
                 current = scope.get_current_value(variable)
                 new_state.append(value if current is None else current)
-            return inputs + self._scale(out, keep_prob), new_state
+            traced_losses.append(bool(scope.losses))
+            loss = ops.zeros((), "float32")
+            for value in scope.losses:
+                loss = loss + ops.cast(value, "float32")
+            return inputs + self._scale(out, keep_prob), new_state, loss
 
         def skip_block():
-            return inputs, state
+            # A skipped block adds no loss: its activations were never
+            # computed (the same as on torch, where it does not run at all).
+            return inputs, state, ops.zeros((), "float32")
 
-        outputs, new_state = ops.cond(keep, run_block, skip_block)
+        outputs, new_state, loss = ops.cond(keep, run_block, skip_block)
         for variable, value in zip(stateful, new_state):
             variable.assign(value)
+        if any(traced_losses):
+            self.add_loss(loss)
         return outputs
 
     def _call_batch_eager(self, inputs, keep, keep_prob):
@@ -192,6 +220,8 @@ class StochasticResidual(RateLayer):
         batch = ops.shape(inputs)[0]
         keep_prob = 1.0 - self.rate
         if isinstance(batch, int):
+            if batch == 0:
+                return inputs  # empty in, empty out (top_k needs k <= B)
             size = max(1, int(math.floor(batch * keep_prob + 1e-6)))
             scale = batch / size
         else:
@@ -199,7 +229,9 @@ class StochasticResidual(RateLayer):
             size = ops.maximum(
                 ops.cast(ops.floor(batch_f * keep_prob + 1e-6), "int32"), 1
             )
-            scale = batch_f / ops.cast(size, "float32")
+            # At most the batch: 0 for an empty batch, whose subset is empty.
+            size = ops.minimum(size, ops.cast(batch, "int32"))
+            scale = batch_f / ops.cast(ops.maximum(size, 1), "float32")
         u = keras.random.uniform(
             (batch,), dtype="float32", seed=self.seed_generator
         )
@@ -210,6 +242,12 @@ class StochasticResidual(RateLayer):
             out = out * ops.cast(scale, out.dtype)
         updated = subset + out
         return ops.scatter_update(inputs, ops.expand_dims(index, -1), updated)
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
+        # inputs too, when the model is built rather than at its first step.
+        check_input_dtype("StochasticResidual", inputs)
+        return super().compute_output_spec(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

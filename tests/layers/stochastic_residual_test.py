@@ -181,3 +181,147 @@ def test_keras_run_layer_test_cross_check(mode):
         expected_num_non_trainable_weights=1,
         expected_num_seed_generators=1,
     )
+
+
+class _AlwaysTraining(keras.Model):
+    """Calls a layer with `training=True` inside compiled predict steps."""
+
+    def __init__(self, layer):
+        super().__init__(name="always_training")
+        self.inner = layer
+
+    def call(self, inputs):
+        return self.inner(inputs, training=True)
+
+
+class _AddsLoss(keras.layers.Layer):
+    """A block that doubles its inputs and adds `sum(outputs)` as a loss."""
+
+    def call(self, inputs):
+        outputs = inputs * 2.0
+        self.add_loss(keras.ops.sum(outputs))
+        return outputs
+
+
+def _lossy_block(kind):
+    if kind == "activity":
+        return keras.layers.Dense(
+            4,
+            kernel_initializer="ones",
+            activity_regularizer=keras.regularizers.L2(10.0),
+        )
+    return _AddsLoss()
+
+
+def _step_losses(kind, rate, jit, steps):
+    """Training losses of `head(StochasticResidual(block))` at lr 0."""
+    inputs = keras.Input((4,))
+    layer = StochasticResidual(_lossy_block(kind), rate=rate, seed=1)
+    head = keras.layers.Dense(1, kernel_initializer="ones", use_bias=False)
+    model = keras.Model(inputs, head(layer(inputs)))
+    model.compile(keras.optimizers.SGD(0.0), "mse", jit_compile=jit)
+    x = np.ones((2, 4), "float32")
+    y = np.zeros((2, 1), "float32")
+    return [float(model.train_on_batch(x, y)) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("kind", ["activity", "add_loss"])
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_batch_mode_counts_the_block_losses_exactly_when_it_runs(kind, jit):
+    rate = 0.5
+    # x = 1 (2 x 4). Kept: out = x + block(x) / keep; dropped: out = x.
+    # The head sums the 4 features; mse against 0 is (sum of out)**2.
+    if kind == "activity":
+        block_out = 4.0  # Dense(ones) of four ones
+        # L2(10) of the block's (2, 4) output, divided by the batch size.
+        block_loss = 10.0 * (2 * 4 * block_out**2) / 2
+    else:
+        block_out = 2.0
+        block_loss = 2 * 4 * block_out
+    kept = (4 * (1.0 + block_out / (1.0 - rate))) ** 2 + block_loss
+    dropped = 4.0**2  # and no block loss: the block never ran
+    losses = _step_losses(kind, rate, jit, steps=12)
+    seen = set()
+    for loss in losses:
+        if loss == pytest.approx(kept):
+            seen.add("kept")
+        else:
+            assert loss == pytest.approx(dropped), (loss, kept, dropped)
+            seen.add("dropped")
+    assert seen == {"kept", "dropped"}, losses
+    # At rate 0 the block always runs and its loss always counts, as in
+    # mode="row" (which runs the block on every sample).
+    always = (4 * (1.0 + block_out)) ** 2 + block_loss
+    for loss in _step_losses(kind, 0.0, jit, steps=3):
+        assert loss == pytest.approx(always)
+
+
+def test_eager_calls_report_the_block_loss_only_when_kept():
+    layer = StochasticResidual(_AddsLoss(), rate=0.5, seed=2)
+    x = np.ones((3, 2), "float32")
+    outcomes = set()
+    for _ in range(16):
+        y = harness.to_numpy(layer(x, training=True))
+        total = sum(float(harness.to_numpy(v)) for v in layer.losses)
+        kept = not np.array_equal(y, x)
+        assert total == pytest.approx(12.0 if kept else 0.0)
+        outcomes.add(kept)
+    assert outcomes == {True, False}
+
+
+@pytest.mark.parametrize("mode", ["batch", "subset", "row"])
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_empty_batch_gives_an_empty_output(mode, jit):
+    layer = StochasticResidual(keras.layers.Dense(3), 0.5, mode=mode, seed=0)
+    x = np.zeros((0, 3), "float32")
+    for training in (True, False):
+        assert harness.to_numpy(layer(x, training=training)).shape == (0, 3)
+    model = _AlwaysTraining(layer)
+    model.compile(jit_compile=jit)
+    assert model.predict_on_batch(x).shape == (0, 3)
+
+
+@pytest.mark.parametrize("mode", ["batch", "subset", "row"])
+def test_rate_zero_always_adds_the_whole_block(mode):
+    block = keras.layers.Dense(3)
+    layer = StochasticResidual(block, rate=0.0, mode=mode, seed=0)
+    x = np.random.default_rng(0).normal(size=(7, 3)).astype("float32")
+    expected = x + harness.to_numpy(block(x))
+    for _ in range(3):
+        np.testing.assert_allclose(
+            harness.to_numpy(layer(x, training=True)), expected, atol=1e-6
+        )
+
+
+@pytest.mark.parametrize("mode", ["batch", "subset", "row"])
+def test_integer_inputs_are_refused_naming_the_layer_and_dtype(mode):
+    layer = StochasticResidual(keras.layers.Dense(3), 0.5, mode=mode)
+    message = "`StochasticResidual`.*floating-point.*dtype=int32"
+    for training in (True, False):
+        with pytest.raises(ValueError, match=message):
+            layer(np.ones((2, 3), "int32"), training=training)
+    with pytest.raises(ValueError, match=message):
+        StochasticResidual(keras.layers.Dense(3))(
+            keras.Input((3,), dtype="int32")
+        )
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_scale_by_keep_takes_bools_only(value):
+    with pytest.raises(
+        ValueError,
+        match=f"argument `scale_by_keep`.*Received: scale_by_keep={value!r}",
+    ):
+        StochasticResidual(keras.layers.Dense(2), scale_by_keep=value)
+
+
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), True, "0.1", None]
+)
+def test_non_finite_or_non_numeric_rates_are_refused(value):
+    with pytest.raises(ValueError, match="argument `rate`.*Received: rate="):
+        StochasticResidual(keras.layers.Dense(2), rate=value)
+    layer = StochasticResidual(keras.layers.Dense(2), rate=0.2)
+    with pytest.raises(ValueError, match="argument `rate`.*Received: rate="):
+        layer.rate = value
+    assert layer.rate == 0.2
