@@ -6,14 +6,20 @@ Papers: High-Performance Large-Scale Image Recognition Without Normalization
 """
 
 import math
+import sys
+import warnings
 
+import keras
 from keras import ops
 
 from keras_regularize._export import export
-from keras_regularize._validation import fail
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
+from keras_regularize._validation import fail
+from keras_regularize.constraints.apply_max_norm import TRANSPOSED_CONVS
+from keras_regularize.constraints.apply_max_norm import kernel_units
+from keras_regularize.constraints.apply_max_norm import sublayers
 from keras_regularize.optimizers._wrapper import OptimizerWrapper
 from keras_regularize.optimizers._wrapper import global_norm
 
@@ -32,19 +38,89 @@ def _check_threshold(method, threshold):
         return None
     if threshold is None:
         return DEFAULT_THRESHOLDS[method]
-    value = check_number("threshold", threshold, low=0.0, low_open=True)
-    if math.isinf(value):
-        fail("threshold", "a finite number > 0", threshold)
-    return value
+    return check_number("threshold", threshold, low=0.0, low_open=True)
 
 
-def _unit_norms(x):
-    """L2 norms per output unit (last axis); whole-tensor for rank <= 1."""
+def _whole(rank):
+    return tuple(range(rank))
+
+
+def default_unit_axes(variable):
+    """AGC's reduced axes for a weight whose layer is not known.
+
+    timm's rule (one unit per output unit; whole tensors for rank <= 1)
+    read from the Keras variable name and rank: biases and scalars whole,
+    `embeddings` per row, `depthwise_kernel` per (channel, multiplier),
+    anything else per last-axis entry (the `Dense` and `Conv` layout).
+    """
+    rank = len(variable.shape)
+    name = str(getattr(variable, "name", ""))
+    if rank <= 1 or name.endswith("bias"):
+        return _whole(rank)
+    if name == "embeddings":
+        return tuple(range(1, rank))
+    if name == "depthwise_kernel":
+        return tuple(range(rank - 2))
+    return tuple(range(rank - 1))
+
+
+def layer_unit_axes(model):
+    """`{id(variable): reduced axes}` for the kernels of `model`'s layers.
+
+    Units follow timm's `unitwise_norm`, which takes one unit per entry of
+    a torch weight's first axis, mapped to Keras layouts: a `Dense`/`Conv`
+    kernel per output unit (last axis), a depthwise kernel per (channel,
+    multiplier) pair, an `Embedding` per row, an `EinsumDense` kernel per
+    output unit of its equation. Transposed convolutions keep the last
+    axis: torch stores them `(in, out, ...)`, so timm's unit is one input
+    channel, which is Keras's last axis.
+    """
+    axes = {}
+    for layer in sublayers(model):
+        slots = kernel_units(layer)
+        if slots is None or not layer.built:
+            continue
+        for _, attr, reduce in slots:
+            variable = getattr(layer, attr, None)
+            if variable is None or not hasattr(variable, "shape"):
+                continue
+            rank = len(variable.shape)
+            if reduce is None or isinstance(layer, TRANSPOSED_CONVS):
+                reduce = tuple(range(rank - 1))
+            axes[id(variable)] = tuple(reduce)
+    return axes
+
+
+def _find_owner(var_list, depth=12):
+    """The layer or model in the calling frames that holds `var_list`.
+
+    `fit` builds the optimizer with `model.trainable_variables` from a
+    method of the model, and custom loops usually hold the model in a local
+    variable; the optimizer is never told which model it trains otherwise.
+    """
+    wanted = {id(v) for v in var_list}
+    if not wanted:
+        return None
+    frame = sys._getframe(1)
+    for _ in range(depth):
+        if frame is None:
+            return None
+        local = frame.f_locals
+        candidates = [local.get("self")] + list(local.values())
+        for candidate in candidates:
+            if isinstance(candidate, keras.layers.Layer):
+                held = {id(v) for v in candidate.trainable_variables}
+                if wanted <= held:
+                    return candidate
+        frame = frame.f_back
+    return None
+
+
+def _unit_norms(x, axes):
+    """L2 norms over `axes` (kept as size-1 dims); `|x|` when none."""
     x = ops.cast(x, "float32")
-    rank = len(x.shape)
-    if rank <= 1:
-        return ops.sqrt(ops.sum(ops.square(x)))
-    axes = tuple(range(rank - 1))
+    if not axes:
+        return ops.absolute(x)
     return ops.sqrt(ops.sum(ops.square(x), axis=axes, keepdims=True))
 
 
@@ -66,10 +142,17 @@ class GradientClipping(OptimizerWrapper):
       `global_clipnorm`.
     - `"value"`: clips every element to `[-threshold, threshold]`, as
       Keras's `clipvalue`.
-    - `"agc"`: adaptive gradient clipping. For every output unit (a slice
-      along the last axis of a kernel; whole vectors for biases and
-      scales), the gradient norm is rescaled to at most
-      `threshold * max(weight norm, epsilon)`.
+    - `"agc"`: adaptive gradient clipping. For every unit of a weight, the
+      gradient norm is rescaled to at most
+      `threshold * max(weight norm, epsilon)`. Units follow timm's
+      `unitwise_norm` mapped to Keras layouts, chosen per layer: one
+      output unit (last axis) of a `Dense` or `Conv` kernel, one (channel,
+      multiplier) pair of a depthwise kernel, one row of an `Embedding`,
+      one output unit of an `EinsumDense` equation (`MultiHeadAttention`
+      projections), one last-axis entry of a transposed convolution (as
+      timm, whose torch layout puts input channels first), and the whole
+      tensor for biases and scales. `fit` finds the layers when it builds
+      the optimizer; in a custom loop call `set_units_from(model)`.
     - `"auto"`: AutoClip. The global norm is clipped at the `percentile`-th
       percentile of the norms seen so far (this step's included), kept in a
       fixed buffer of the last `history_size` finite norms.
@@ -143,6 +226,7 @@ class GradientClipping(OptimizerWrapper):
         self.history_size = history_size
         self.epsilon = epsilon
         self._threshold_value = threshold
+        self._agc_axes = {}
         self.threshold_variable = self._add_state(
             "threshold", value=1.0 if threshold is None else threshold
         )
@@ -159,6 +243,44 @@ class GradientClipping(OptimizerWrapper):
                 "history_count", dtype="int32", value=0
             )
             self.auto_threshold = self._add_state("auto_threshold")
+
+    def build(self, var_list):
+        super().build(var_list)
+        if self.method == "agc" and not self._agc_axes:
+            owner = _find_owner(var_list)
+            if owner is not None:
+                self._agc_axes = layer_unit_axes(owner)
+            else:
+                self._warn_unknown_layouts(var_list)
+
+    def _warn_unknown_layouts(self, var_list):
+        ambiguous = [
+            v.path
+            for v in var_list
+            if len(v.shape) >= 3 and str(v.name) == "kernel"
+        ]
+        if ambiguous:
+            warnings.warn(
+                f"GradientClipping(method='agc') could not find the model "
+                f"that owns the variables it was built with, so it takes "
+                f"one unit per last-axis entry of {ambiguous} (the "
+                f"Conv/Dense layout). For depthwise or EinsumDense kernels, "
+                f"call `optimizer.set_units_from(model)` first.",
+                stacklevel=3,
+            )
+
+    def set_units_from(self, model):
+        """Takes AGC's unit of each weight from the layer that owns it.
+
+        `fit` does this by itself when it builds the optimizer; call it
+        in a custom training loop whose optimizer cannot see the model.
+
+        Args:
+            model: The `keras.Model` (or layer) whose weights are trained.
+        """
+        if not isinstance(model, keras.layers.Layer):
+            fail("model", "a `keras.Model` or `keras.layers.Layer`", model)
+        self._agc_axes = layer_unit_axes(model)
 
     @property
     def threshold(self):
@@ -269,8 +391,11 @@ class GradientClipping(OptimizerWrapper):
             factor = self._threshold_tensor()
             clipped, flags = [], []
             for g, w in zip(grads, variables):
-                g_norm = _unit_norms(g)
-                limit = factor * ops.maximum(_unit_norms(w), self.epsilon)
+                axes = self._agc_axes.get(id(w))
+                if axes is None:
+                    axes = default_unit_axes(w)
+                g_norm = _unit_norms(g, axes)
+                limit = factor * ops.maximum(_unit_norms(w, axes), self.epsilon)
                 over = g_norm > limit
                 scale = ops.where(over, limit / ops.maximum(g_norm, 1e-6), 1.0)
                 clipped.append(g * ops.cast(scale, g.dtype))

@@ -284,9 +284,14 @@ def test_compiled_model_saves_and_loads_with_its_optimizer(policy):
 
 
 BAD_ARGUMENTS = [
-    ({"threshold": 0.0}, "`threshold`. Expected a number in \\(0, inf"),
+    ({"threshold": 0.0}, "`threshold`. Expected a finite number > 0"),
     ({"threshold": -1.0}, "Received: threshold=-1.0"),
     ({"threshold": float("inf")}, "Expected a finite number > 0"),
+    ({"threshold": True}, "Received: threshold=True"),
+    ({"percentile": float("inf")}, "`percentile`.*percentile=inf"),
+    ({"epsilon": float("inf")}, "`epsilon`. Expected a finite number > 0"),
+    ({"epsilon": float("nan")}, "`epsilon`.*epsilon=nan"),
+    ({"history_size": True}, "`history_size`.*history_size=True"),
     ({"method": "norm"}, "`method`. Expected one of .*method='norm'"),
     ({"method": "auto", "threshold": 1.0}, "`threshold`. Expected None"),
     ({"method": "auto", "percentile": 0}, "`percentile`"),
@@ -306,5 +311,201 @@ def test_bad_arguments_name_the_argument_and_value():
             )
         with pytest.raises(ValueError, match="Invalid value received for ar"):
             GradientClipping(**kwargs)
-        with pytest.raises(ValueError, match=match):
+        with pytest.raises(ValueError, match=match) as info:
             GradientClipping(**kwargs)
+        expected = str(info.value).split("Received")[0]
+        assert "inf]" not in expected and "inf)" not in expected
+
+
+# AGC units per layer type. The reference is timm's `unitwise_norm` and
+# `adaptive_clip_grad` written in NumPy on torch layouts: each Keras weight
+# is moved to the layout torch uses for the same layer, clipped there with
+# one unit per entry of the first axis (the whole tensor for rank <= 1),
+# and moved back.
+def _to_torch(kind, w):
+    if kind == "dense":  # (in, out) -> (out, in)
+        return w.T
+    if kind in ("conv", "transposed"):
+        # (kh, kw, in, out) -> (out, in, kh, kw); transposed convolutions
+        # (kh, kw, out, in) -> (in, out, kh, kw), torch's ConvTranspose.
+        return np.transpose(w, (3, 2, 0, 1))
+    if kind == "depthwise":  # (kh, kw, C, m) -> (C * m, 1, kh, kw)
+        kh, kw, c, m = w.shape
+        return np.transpose(w.reshape(kh, kw, c * m), (2, 0, 1))[:, None]
+    if kind == "mha_in":  # (dim, heads, key_dim) -> in_proj (h * k, dim)
+        return w.reshape(w.shape[0], -1).T
+    if kind == "mha_out":  # (heads, key_dim, dim) -> out_proj (dim, h * k)
+        return w.reshape(-1, w.shape[-1]).T
+    if kind == "bias":  # torch biases are vectors
+        return w.reshape(-1)
+    assert kind == "embedding"  # (vocabulary, dim) in both
+    return w
+
+
+def _from_torch(kind, t, shape):
+    if kind == "dense":
+        return t.T
+    if kind in ("conv", "transposed"):
+        return np.transpose(t, (2, 3, 1, 0))
+    if kind == "depthwise":
+        kh, kw, c, m = shape
+        return np.transpose(t[:, 0], (1, 2, 0)).reshape(shape)
+    if kind == "mha_in":
+        return t.T.reshape(shape)
+    if kind == "mha_out":
+        return t.T.reshape(shape)
+    return t.reshape(shape)
+
+
+def _timm_unitwise_norm(x):
+    if x.ndim <= 1:
+        return np.sqrt(np.sum(np.square(x)))
+    axes = tuple(range(1, x.ndim))
+    return np.sqrt(np.sum(np.square(x), axis=axes, keepdims=True))
+
+
+def _timm_agc(kind, grad, param, factor, eps):
+    g = _to_torch(kind, grad.astype("float64"))
+    p = _to_torch(kind, param.astype("float64"))
+    max_norm = np.maximum(_timm_unitwise_norm(p), eps) * factor
+    g_norm = _timm_unitwise_norm(g)
+    clipped = g * (max_norm / np.maximum(g_norm, 1e-6))
+    out = np.where(g_norm < max_norm, g, clipped)
+    return _from_torch(kind, out, grad.shape)
+
+
+def _agc_model():
+    L = keras.layers
+    image = keras.Input((6, 6, 3))
+    conv = L.Conv2D(4, 3, name="conv")
+    depthwise = L.DepthwiseConv2D(3, depth_multiplier=2, name="dw")
+    transposed = L.Conv2DTranspose(2, 2, name="tconv")
+    x = L.Flatten()(transposed(depthwise(conv(image))))
+    tokens = keras.Input((3,), dtype="int32")
+    embedding = L.Embedding(10, 4, name="emb")
+    mha = L.MultiHeadAttention(2, 3, name="mha")
+    e = embedding(tokens)
+    e = L.Flatten()(mha(e, e))
+    dense = L.Dense(2, name="head")
+    model = keras.Model([image, tokens], dense(L.Concatenate()([x, e])))
+    kinds = {}
+    for layer, kind in (
+        (conv, "conv"),
+        (depthwise, "depthwise"),
+        (transposed, "transposed"),
+        (embedding, "embedding"),
+        (dense, "dense"),
+        (mha._query_dense, "mha_in"),
+        (mha._key_dense, "mha_in"),
+        (mha._value_dense, "mha_in"),
+        (mha._output_dense, "mha_out"),
+    ):
+        for v in layer.trainable_weights:
+            kinds[v.path] = "bias" if v.name == "bias" else kind
+    return model, kinds
+
+
+def _agc_data(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    image = rng.normal(size=(n, 6, 6, 3)).astype("float32")
+    tokens = rng.integers(0, 10, size=(n, 3)).astype("int32")
+    y = (3.0 * rng.normal(size=(n, 2))).astype("float32")
+    return [image, tokens], y
+
+
+@pytest.mark.parametrize("jit", JIT)
+def test_agc_units_follow_timm_for_every_layer_type_in_fit(jit):
+    factor, eps = 0.02, 1e-3
+    x, y = _agc_data()
+    plain, kinds = _agc_model()
+    clipped, _ = _agc_model()
+    clipped.set_weights(plain.get_weights())
+    start = helpers.weights(plain)
+    plain.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+    opt = GradientClipping(
+        keras.optimizers.SGD(1.0), method="agc", threshold=factor
+    )
+    clipped.compile(optimizer=opt, loss="mse", jit_compile=jit)
+    plain.train_on_batch(x, y)
+    clipped.train_on_batch(x, y)
+    seen = set()
+    for v, w0, raw_after, clip_after in zip(
+        plain.weights, start, helpers.weights(plain), helpers.weights(clipped)
+    ):
+        kind = kinds[v.path]
+        seen.add(kind)
+        grad = w0.astype("float64") - raw_after
+        expected = _timm_agc(kind, grad, w0, factor, eps)
+        np.testing.assert_allclose(
+            w0.astype("float64") - clip_after,
+            expected,
+            rtol=2e-4,
+            atol=2e-6,
+            err_msg=v.path,
+        )
+    assert seen >= {"conv", "depthwise", "embedding", "mha_in", "mha_out"}
+
+
+def test_agc_keeps_a_small_gradient_depthwise_channel():
+    factor, eps = 0.01, 1e-3
+    model = keras.Sequential(
+        [keras.Input((5, 5, 3)), keras.layers.DepthwiseConv2D(3)]
+    )
+    (kernel, bias) = model.trainable_variables
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=(3, 3, 3, 1)).astype("float32")
+    kernel.assign(w0)
+    grad = rng.normal(size=w0.shape).astype("float32")
+    grad[..., 0, :] *= 1e-3  # channel 0: far under its limit
+    opt = GradientClipping(
+        keras.optimizers.SGD(1.0), method="agc", threshold=factor
+    )
+    opt.set_units_from(model)
+    opt.apply(
+        [keras.ops.convert_to_tensor(grad), keras.ops.zeros((3,))],
+        [kernel, bias],
+    )
+    applied = w0 - harness.to_numpy(kernel)
+    expected = _timm_agc("depthwise", grad, w0, factor, eps)
+    np.testing.assert_allclose(applied, expected, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(
+        applied[..., 0, :], grad[..., 0, :], rtol=1e-4, atol=1e-9
+    )  # kept, as timm keeps it
+    assert not np.allclose(applied[..., 1:, :], grad[..., 1:, :])
+
+
+def test_agc_clips_embedding_rows_not_columns():
+    factor = 0.1
+    model = keras.Sequential(
+        [keras.Input((2,), dtype="int32"), keras.layers.Embedding(4, 3)]
+    )
+    (table,) = model.trainable_variables
+    table.assign(np.ones((4, 3), "float32"))  # every row norm sqrt(3)
+    grad = np.zeros((4, 3), "float32")
+    grad[0] = 10.0  # row 0: over its limit 0.1 * sqrt(3)
+    grad[1] = 0.01  # row 1: under it
+    opt = GradientClipping(
+        keras.optimizers.SGD(1.0), method="agc", threshold=factor
+    )
+    opt.set_units_from(model)
+    opt.apply([keras.ops.convert_to_tensor(grad)], [table])
+    applied = 1.0 - harness.to_numpy(table)
+    np.testing.assert_allclose(
+        np.linalg.norm(applied[0]), factor * np.sqrt(3), rtol=1e-5
+    )
+    np.testing.assert_allclose(applied[1], grad[1], rtol=1e-5)
+    np.testing.assert_array_equal(applied[2:], 0.0)
+
+
+def test_agc_without_a_model_in_reach_warns_about_ambiguous_kernels():
+    kernel = keras.Variable(np.ones((3, 3, 2, 4), "float32"), name="kernel")
+    opt = GradientClipping(keras.optimizers.SGD(1.0), method="agc")
+    with pytest.warns(UserWarning, match="set_units_from"):
+        _build_out_of_reach(opt, kernel)
+    with pytest.raises(ValueError, match="argument `model`.*model='m'"):
+        opt.set_units_from("m")
+
+
+def _build_out_of_reach(opt, kernel):
+    # No local here holds a layer that owns `kernel`.
+    opt.build([kernel])
