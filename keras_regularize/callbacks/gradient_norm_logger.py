@@ -3,6 +3,7 @@
 import keras
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize.optimizers.gradient_clipping import GradientClipping
 
 
@@ -55,7 +56,7 @@ class GradientNormLogger(keras.callbacks.Callback):
 
     def __init__(self, per_batch=False):
         super().__init__()
-        self.per_batch = bool(per_batch)
+        self.per_batch = check_bool("per_batch", per_batch)
         self._clipping = None
 
     def on_train_begin(self, logs=None):

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_number
 
 
@@ -16,11 +17,12 @@ class ElasticNet(keras.regularizers.Regularizer):
     the same as `keras.regularizers.L1L2(l1=strength * l1_ratio,
     l2=strength * (1 - l1_ratio))` but with the overall strength and the
     L1 share as separate knobs (the scikit-learn parametrization), so a
-    sweep over one does not move the other.
+    sweep over one does not move the other. The weights must have a
+    floating-point dtype.
 
     Args:
-        strength: Non-negative float. Overall penalty factor. Defaults to
-            `1e-4`.
+        strength: Non-negative finite float. Overall penalty factor.
+            Defaults to `1e-4`.
         l1_ratio: Float in `[0, 1]`. Share of the L1 term; `1` is pure L1,
             `0` pure squared L2. Defaults to `0.5`.
 
@@ -40,6 +42,7 @@ class ElasticNet(keras.regularizers.Regularizer):
 
     def __call__(self, x):
         x = ops.convert_to_tensor(x)
+        check_input_dtype("ElasticNet", x, argument="x")
         l1 = ops.sum(ops.absolute(x))
         l2 = ops.sum(ops.square(x))
         penalty = self.l1_ratio * l1 + (1.0 - self.l1_ratio) * l2

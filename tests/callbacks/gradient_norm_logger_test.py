@@ -81,3 +81,11 @@ def test_finds_the_clipping_optimizer_inside_loss_scaling():
 def test_other_optimizers_get_a_clear_error():
     with pytest.raises(ValueError, match="GradientNormLogger needs the model"):
         _fit(keras.optimizers.SGD(0.01), [GradientNormLogger()], epochs=1)
+
+
+@pytest.mark.parametrize("value", ["no", "", 1, 0, 1.0, None])
+def test_per_batch_takes_bools_only(value):
+    with pytest.raises(ValueError, match="argument `per_batch`") as info:
+        GradientNormLogger(per_batch=value)
+    assert f"per_batch={value!r}" in str(info.value)
+    assert GradientNormLogger(per_batch=True).per_batch is True
