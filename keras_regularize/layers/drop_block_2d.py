@@ -8,7 +8,8 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
-from keras_regularize._validation import check_choice
+from keras_regularize._validation import check_data_format
+from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_seed
 from keras_regularize.layers._rate import RateLayer
@@ -36,13 +37,16 @@ class DropBlock2D(RateLayer):
         block_size: Int >= 1, no larger than the feature map's height and
             width. Defaults to `7`.
         data_format: `"channels_last"` (`(B, H, W, C)`) or `"channels_first"`
-            (`(B, C, H, W)`). Defaults to `keras.config.image_data_format()`.
+            (`(B, C, H, W)`), or `None` for
+            `keras.config.image_data_format()`. Defaults to `None`.
         seed: Optional non-negative int for the layer's seed generator.
             Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: Rank-4 tensor in `data_format` with static height and width.
+        inputs: Rank-4 floating-point tensor in `data_format` with static
+            height and width. Integer and bool inputs are refused (the
+            rescale factor is fractional): cast them first.
         training: Python bool. Blocks are dropped only when `True`.
 
     Example:
@@ -61,11 +65,7 @@ class DropBlock2D(RateLayer):
     ):
         super().__init__(rate, **kwargs)
         self.block_size = check_int("block_size", block_size, 1)
-        if data_format is None:
-            data_format = keras.config.image_data_format()
-        self.data_format = check_choice(
-            "data_format", data_format, ("channels_last", "channels_first")
-        )
+        self.data_format = check_data_format("data_format", data_format)
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -95,6 +95,9 @@ class DropBlock2D(RateLayer):
                 )
 
     def call(self, inputs, training=False):
+        # The rescale factor `count / kept` is fractional: integer inputs
+        # would truncate it.
+        check_input_dtype("DropBlock2D", inputs)
         if not training:
             return inputs
         height, width = self._spatial(inputs.shape)
@@ -136,6 +139,12 @@ class DropBlock2D(RateLayer):
         total = ops.cast(ops.size(keep), "float32")
         scale = total / ops.maximum(ops.sum(keep), 1.0)
         return inputs * ops.cast(keep * scale, inputs.dtype)
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
+        # inputs too, when the model is built rather than at its first step.
+        check_input_dtype("DropBlock2D", inputs)
+        return super().compute_output_spec(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,5 +1,6 @@
 """Tests for keras_regularize.layers.DropBlock2D."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -134,3 +135,110 @@ def test_keras_run_layer_test_cross_check():
         expected_num_non_trainable_weights=1,
         expected_num_seed_generators=1,
     )
+
+
+class _AlwaysTraining(keras.Model):
+    """Calls a layer with `training=True` inside compiled predict steps."""
+
+    def __init__(self, layer):
+        super().__init__(name="always_training")
+        self.inner = layer
+
+    def call(self, inputs):
+        return self.inner(inputs, training=True)
+
+
+_SHAPES = {"channels_last": (2, 6, 5, 3), "channels_first": (2, 3, 6, 5)}
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
+def test_integer_inputs_are_refused_naming_the_layer_and_dtype(
+    data_format, dtype
+):
+    # Casting would truncate the fractional rescale factor count / kept.
+    layer = DropBlock2D(0.3, 3, data_format=data_format)
+    message = f"`DropBlock2D`.*floating-point.*dtype={dtype}"
+    for training in (True, False):
+        with pytest.raises(ValueError, match=message):
+            layer(np.ones(_SHAPES[data_format], dtype), training=training)
+    with pytest.raises(ValueError, match=message):
+        DropBlock2D(0.3, 3, data_format=data_format)(
+            keras.Input(_SHAPES[data_format][1:], dtype=dtype)
+        )
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_empty_batch_gives_an_empty_output(data_format, jit):
+    shape = (0,) + _SHAPES[data_format][1:]
+    layer = DropBlock2D(0.3, 3, data_format=data_format, seed=0)
+    x = np.zeros(shape, "float32")
+    assert harness.to_numpy(layer(x, training=True)).shape == shape
+    model = _AlwaysTraining(layer)
+    model.compile(jit_compile=jit)
+    assert model.predict_on_batch(x).shape == shape
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_rate_zero_is_exactly_the_identity_in_training(data_format):
+    x = np.random.default_rng(0).normal(size=_SHAPES[data_format])
+    x = x.astype("float32")
+    layer = DropBlock2D(0.0, 3, data_format=data_format, seed=0)
+    np.testing.assert_array_equal(harness.to_numpy(layer(x, training=True)), x)
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+@pytest.mark.parametrize(
+    "height, width, size", [(8, 16, 5), (16, 8, 5), (7, 14, 2), (5, 5, 4)]
+)
+def test_even_blocks_and_non_square_maps_keep_shape_and_total(
+    data_format, height, width, size
+):
+    # timm's shape checks (asymmetric maps, even block sizes), plus our
+    # exact rescaling: the batch total of ones is preserved.
+    shape = (16, height, width, 2)
+    if data_format == "channels_first":
+        shape = (16, 2, height, width)
+    y = _drop(shape, 0.2, size, data_format, seed=size)
+    assert y.shape == shape and (y == 0.0).any()
+    np.testing.assert_allclose(y.sum(), float(np.prod(shape)), rtol=1e-4)
+
+
+def test_data_format_none_follows_the_keras_setting():
+    assert DropBlock2D(0.1, 3).data_format == keras.config.image_data_format()
+
+
+@pytest.mark.parametrize("value", ["", "NCHW", True, 0])
+def test_data_format_takes_the_two_keras_values_only(value):
+    with pytest.raises(
+        ValueError,
+        match=f"argument `data_format`.*Received: data_format={value!r}",
+    ):
+        DropBlock2D(0.1, 3, data_format=value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"rate": float("inf")}, "rate"),
+        ({"rate": float("nan")}, "rate"),
+        ({"rate": True}, "rate"),
+        ({"rate": None}, "rate"),
+        ({"block_size": True}, "block_size"),
+        ({"block_size": float("inf")}, "block_size"),
+        ({"block_size": "3"}, "block_size"),
+    ],
+)
+def test_non_finite_or_mistyped_arguments_are_refused(kwargs, name):
+    kwargs = {"rate": 0.1, "block_size": 3, **kwargs}
+    with pytest.raises(ValueError, match=f"argument `{name}`.*Received"):
+        DropBlock2D(**kwargs)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), True, "0.2"])
+def test_bad_rate_assignment_keeps_the_old_rate(value):
+    layer = DropBlock2D(0.1, 3)
+    with pytest.raises(ValueError, match="argument `rate`.*Received: rate="):
+        layer.rate = value
+    assert layer.rate == 0.1
