@@ -206,7 +206,10 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     non-finite value, last epoch. When `fit` is left by an exception or a
     `KeyboardInterrupt` raised inside a training step, the weights are
     restored automatically on every backend (the callback wraps
-    `model.train_function` while `fit` runs). Keras calls no callback hook
+    `model.train_function` while `fit` runs, and the wrapper acts only on
+    the steps of the callback's own `fit`: a later `fit` or
+    `train_on_batch` without the callback is never reverted, even when the
+    earlier `fit` was left by an exception). Keras calls no callback hook
     for exceptions raised elsewhere (data loading, validation, other
     callbacks), so for full coverage run `fit` inside
     `with callback.restore_on_error():`, or call `callback.restore()`
