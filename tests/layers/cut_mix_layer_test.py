@@ -243,3 +243,97 @@ def test_half_precision(policy):
     mixed, labels = layer((tagged(4, (5, 5), "channels_last"), np.arange(4)))
     assert keras.backend.standardize_dtype(mixed.dtype) == policy[6:]
     assert keras.backend.standardize_dtype(labels.dtype) == "float32"
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"data_format": ""}, "data_format"),
+        ({"data_format": True}, "data_format"),
+        ({"data_format": "NCHW"}, "data_format"),
+        ({"correct_lam": "no"}, "correct_lam"),
+        ({"correct_lam": 1}, "correct_lam"),
+        ({"correct_lam": None}, "correct_lam"),
+        ({"alpha": float("inf")}, "alpha"),
+    ],
+)
+def test_data_format_and_flags_take_only_their_values(kwargs, name):
+    value = kwargs[name]
+    with pytest.raises(ValueError, match=f"argument `{name}`.*{value!r}"):
+        CutMixLayer(**kwargs)
+    assert CutMixLayer(data_format=None).data_format == (
+        keras.config.image_data_format()
+    )
+
+
+def test_setters_refuse_non_finite_values():
+    layer = CutMixLayer(alpha=0.5)
+    for value in (float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="argument `alpha`"):
+            layer.alpha = value
+    assert layer.alpha == 0.5
+
+
+@pytest.mark.parametrize("data_format", ["channels_last", "channels_first"])
+def test_inference_keeps_integer_images(data_format):
+    shape = (2, 6, 6, 3) if data_format == "channels_last" else (2, 3, 6, 6)
+    x = np.random.default_rng(0).integers(0, 255, size=shape)
+    layer = CutMixLayer(num_classes=2, data_format=data_format, seed=0)
+    images, _ = layer((x.astype("uint8"), np.arange(2)), training=False)
+    np.testing.assert_array_equal(harness.to_numpy(images), x)
+    # Training pastes integer values, so they stay whole numbers.
+    mixed, _ = layer((x.astype("uint8"), np.arange(2)))
+    mixed = harness.to_numpy(mixed)
+    np.testing.assert_array_equal(mixed, np.round(mixed))
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_empty_batch_in_empty_out(mode):
+    layer = CutMixLayer(num_classes=3, mode=mode, seed=0)
+    images, labels = layer(
+        (np.zeros((0, 5, 5, 2), "float32"), np.zeros((0,), "int32"))
+    )
+    assert tuple(images.shape) == (0, 5, 5, 2)
+    assert tuple(labels.shape) == (0, 3)
+
+
+def test_symbolic_batch_of_unknown_size_channels_first():
+    layer = CutMixLayer(num_classes=4, data_format="channels_first")
+    mixed, targets = layer((keras.Input((3, 8, 8)), keras.Input((1,), "int32")))
+    assert tuple(mixed.shape) == (None, 3, 8, 8)
+    assert tuple(targets.shape) == (None, 4)
+
+
+@pytest.mark.parametrize("simulated_backend", [None, "jax"])
+def test_tf_data_channels_first(monkeypatch, simulated_backend):
+    tf = pytest.importorskip("tensorflow")
+    if simulated_backend:
+        monkeypatch.setattr(keras.config, "backend", lambda: "jax")
+    batch = 8
+    x = tagged(16, (6, 6), "channels_first")
+    layer = CutMixLayer(num_classes=16, data_format="channels_first", seed=1)
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.arange(16)))
+    for k, (images, labels) in enumerate(
+        dataset.batch(batch).map(layer).as_numpy_iterator()
+    ):
+        own = np.arange(1, batch + 1).reshape(-1, 1, 1) + k * batch
+        pasted = images[:, 0] != own
+        fraction = pasted.reshape(batch, -1).mean(axis=1)
+        ids = np.arange(batch) + k * batch
+        np.testing.assert_allclose(labels[np.arange(batch), ids], 1 - fraction)
+        # Channels move together.
+        assert np.all(np.ptp(images, axis=1) == 0)
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_every_mixed_row_has_exactly_two_classes(mode):
+    # torchvision's check on 100 x 100 images with unique labels.
+    batch, classes = 32, 100
+    x = np.random.default_rng(0).random((batch, 3, 100, 100))
+    layer = CutMixLayer(
+        num_classes=classes, mode=mode, data_format="channels_first", seed=0
+    )
+    _, labels = layer((x.astype("float32"), np.arange(batch)))
+    labels = harness.to_numpy(labels)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal((labels != 0).sum(axis=1), 2)

@@ -302,3 +302,213 @@ def test_tf_data_map(monkeypatch, simulated_backend):
             assert not np.allclose(images, xb)
         out = tf_data_pipeline(layer, x, ids, as_dict=True)
         assert set(out[0]) == {"images", "labels"}
+
+
+def label_errors():
+    """Errors a bad label value may raise: TensorFlow graphs raise their own.
+
+    Eager calls raise `ValueError`; a TensorFlow graph (`tf.function`,
+    `tf.data`) can only raise `InvalidArgumentError`, with the same message.
+    """
+    if harness.BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return (ValueError, tf.errors.InvalidArgumentError)
+    return ValueError
+
+
+def received(value):
+    """The message tail naming a bad label; graphs print `=] [5]`."""
+    return f"Received: labels=(\\] \\[)?{value}"
+
+
+@pytest.mark.parametrize("batch", [4, 8])
+@pytest.mark.parametrize("column", [False, True])
+def test_float_binary_targets_are_smoothed_as_two_classes(batch, column):
+    e = 0.2
+    y = (np.arange(batch) % 2).astype("float32")
+    y = y[:, None] if column else y
+    x = np.ones((batch, 3), "float32")
+    layer = MixupLayer(label_smoothing=e, seed=0)
+    _, got = layer((x, y), training=False)
+    got = harness.to_numpy(got)
+    assert got.shape == y.shape
+    np.testing.assert_allclose(got, y * (1 - e) + e / 2, atol=1e-7)
+    # Mixing keeps the smoothed values inside [e/2, 1 - e/2].
+    _, mixed = layer((x, y))
+    mixed = harness.to_numpy(mixed)
+    assert mixed.shape == y.shape
+    assert mixed.min() >= e / 2 - 1e-6 and mixed.max() <= 1 - e / 2 + 1e-6
+
+
+def test_multi_hot_targets_are_smoothed_column_by_column():
+    # The rule: every column of a (batch, classes) float target gets
+    # y * (1 - e) + e / classes, so a row with m ones sums to m(1 - e) + e.
+    e, classes = 0.3, 4
+    y = np.array(
+        [[1, 1, 0, 0], [1, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1]], "float32"
+    )
+    x = np.ones((4, 2), "float32")
+    _, got = MixupLayer(label_smoothing=e)((x, y), training=False)
+    got = harness.to_numpy(got)
+    np.testing.assert_allclose(got, y * (1 - e) + e / classes, atol=1e-7)
+    np.testing.assert_allclose(
+        got.sum(axis=1), y.sum(axis=1) * (1 - e) + e, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("bad", [5, -1, 3])
+def test_out_of_range_class_ids_raise_naming_the_value(bad):
+    x = np.ones((4, 3, 3, 1), "float32")
+    ids = np.array([0, bad, 1, 2])
+    pattern = f"argument `labels`.*\\[0, 3\\).*Received: labels={bad}"
+    for training in (True, False):
+        with pytest.raises(ValueError, match=pattern):
+            MixupLayer(num_classes=3, seed=0)((x, ids), training=training)
+    with pytest.raises(ValueError, match=pattern):
+        MixupLayer(num_classes=3).prepare_labels(ids)
+
+
+def test_float_binary_targets_outside_unit_interval_raise():
+    x = np.ones((4, 2), "float32")
+    for bad in (1.997, -0.5, float("nan")):
+        y = np.array([0.0, 1.0, bad, 0.5], "float32")
+        with pytest.raises(ValueError, match="argument `labels`.*\\[0, 1\\]"):
+            MixupLayer()((x, y))
+
+
+def test_float_class_ids_with_num_classes_are_refused():
+    x = np.ones((4, 2), "float32")
+    for y in (np.array([0.0, 1.0, 2.0, 1.0]), np.array([[0.0], [2.0]] * 2)):
+        with pytest.raises(ValueError, match="argument `labels`.*integer"):
+            MixupLayer(num_classes=3)((x, y.astype("float32")))
+    # Binary float targets with num_classes=2 stay binary targets.
+    y = np.array([0.0, 1.0, 1.0, 0.0], "float32")
+    _, got = MixupLayer(num_classes=2)((x, y), training=False)
+    np.testing.assert_array_equal(harness.to_numpy(got), y)
+
+
+def _label_model(jit, num_classes=3):
+    images = keras.Input((2,))
+    ids = keras.Input((), dtype="int32")
+    _, targets = MixupLayer(num_classes=num_classes, seed=0)((images, ids))
+    model = keras.Model([images, ids], targets)
+    model.compile(jit_compile=jit)
+    return model
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_out_of_range_ids_in_a_model_raise_or_give_nan(jit):
+    x = np.ones((4, 2), "float32")
+    model = _label_model(jit)
+    good = model.predict([x, np.array([0, 1, 2, 0])], verbose=0)
+    assert np.isfinite(good).all()
+    bad = np.array([0, 5, 1, -1], "int32")
+    if jit is True:
+        # A compiled step cannot raise on data: the rows become NaN.
+        out = model.predict([x, bad], verbose=0)
+        assert np.isnan(out).any()
+        assert not np.isfinite(out).all()
+    else:
+        with pytest.raises(label_errors(), match=received(5)):
+            model.predict([x, bad], verbose=0)
+
+
+def test_infinite_hyperparameters_are_refused_by_constructor_and_setter():
+    inf = float("inf")
+    for kwargs in ({"alpha": inf}, {"probability": inf}, {"alpha": -inf}):
+        with pytest.raises(ValueError, match="finite|Received"):
+            MixupLayer(**kwargs)
+    layer = MixupLayer(alpha=0.4)
+    for value in (inf, float("nan")):
+        with pytest.raises(ValueError, match="argument `alpha`"):
+            layer.alpha = value
+        with pytest.raises(ValueError, match="argument `probability`"):
+            layer.probability = value
+    assert layer.alpha == 0.4
+    assert harness.to_numpy(layer.alpha_variable) == np.float32(0.4)
+
+
+def test_integer_images_are_cast_to_float_without_rescaling():
+    # uint8 pipelines are common: images are cast to the compute dtype with
+    # their values kept (no division by 255), so mixing stays exact.
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(6, 4, 4, 3)).astype("uint8")
+    layer = MixupLayer(alpha=1.0, num_classes=6, mode="elem", seed=0)
+    images, _ = layer((x, np.arange(6)), training=False)
+    assert keras.backend.standardize_dtype(images.dtype) == "float32"
+    np.testing.assert_array_equal(harness.to_numpy(images), x)
+    mixed, labels = one_hot_mix(layer, x)
+    lam, partner = recover(labels)
+    xf = x.astype("float32")
+    w = lam[:, None, None, None]
+    np.testing.assert_allclose(
+        mixed, w * xf + (1 - w) * xf[partner], rtol=1e-5, atol=1e-3
+    )
+
+
+def test_labels_of_wrong_shape_are_refused():
+    x = np.ones((4, 3, 3, 1), "float32")
+    layer = MixupLayer(num_classes=3)
+    with pytest.raises(ValueError, match="argument `labels`.*rank >= 1"):
+        layer((x, np.array(1)))
+    with pytest.raises(ValueError, match="argument `labels`.*\\(batch, 1\\)"):
+        layer((x, np.zeros((4, 2), "int32")))
+    with pytest.raises(ValueError, match="argument `labels`.*batch size"):
+        layer((x, np.zeros((5,), "int32")))
+    with pytest.raises(ValueError, match="argument `labels`.*3 columns"):
+        layer((x, np.zeros((4, 4), "float32")))
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_empty_batch_in_empty_out(mode):
+    layer = MixupLayer(num_classes=3, mode=mode, seed=0)
+    images, labels = layer(
+        (np.zeros((0, 4, 4, 1), "float32"), np.zeros((0,), "int32"))
+    )
+    assert tuple(images.shape) == (0, 4, 4, 1)
+    assert tuple(labels.shape) == (0, 3)
+
+
+def test_symbolic_batch_of_unknown_size():
+    images = keras.Input((4, 4, 1))
+    layer = MixupLayer(num_classes=3, label_smoothing=0.1)
+    mixed, targets = layer((images, keras.Input((), dtype="int32")))
+    assert tuple(mixed.shape) == (None, 4, 4, 1)
+    assert tuple(targets.shape) == (None, 3)
+    _, binary = MixupLayer()((images, keras.Input((1,))))
+    assert tuple(binary.shape) == (None, 1)
+    with pytest.raises(ValueError, match="argument `labels`"):
+        MixupLayer(num_classes=3)((images, keras.Input(())))
+
+
+@pytest.mark.parametrize("mode", ["batch", "elem"])
+def test_every_mixed_row_has_exactly_two_classes(mode):
+    # torchvision's check: unique labels, every row has two non-zero
+    # entries summing to one (no sample is left paired with itself).
+    batch, classes = 32, 100
+    x = np.random.default_rng(0).random((batch, 3, 10, 10)).astype("float32")
+    layer = MixupLayer(alpha=1.0, num_classes=classes, mode=mode, seed=0)
+    images, labels = layer((x, np.arange(batch)))
+    labels = harness.to_numpy(labels)
+    assert tuple(images.shape) == x.shape and labels.shape == (batch, classes)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal((labels != 0).sum(axis=1), 2)
+
+
+@pytest.mark.parametrize("simulated_backend", [None, "jax"])
+def test_tf_data_refuses_out_of_range_ids(monkeypatch, simulated_backend):
+    tf = pytest.importorskip("tensorflow")
+    if simulated_backend:
+        monkeypatch.setattr(keras.config, "backend", lambda: "jax")
+    x = np.ones((8, 3, 3, 1), "float32")
+    layer = MixupLayer(num_classes=3, seed=0)
+    cases = ((np.array([0, 1, 2, 5] * 2), 5), (-np.ones(8, "int64"), -1))
+    for ids, bad in cases:
+        dataset = tf.data.Dataset.from_tensor_slices((x, ids)).batch(4)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=received(bad)):
+            list(dataset.map(layer).as_numpy_iterator())
+    floats = np.array([0.0, 1.0, 1.5, 0.0] * 2, "float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, floats)).batch(4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="\\[0, 1\\]"):
+        list(dataset.map(MixupLayer()).as_numpy_iterator())

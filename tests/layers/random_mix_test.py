@@ -125,3 +125,44 @@ def test_bad_arguments(kwargs, pattern):
 def test_images_alone_raise():
     with pytest.raises(ValueError, match="RandomMix.*needs both"):
         RandomMix()(np.ones((2, 4, 4, 1), "float32"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"data_format": ""}, "data_format"),
+        ({"correct_lam": "no"}, "correct_lam"),
+        ({"correct_lam": 0}, "correct_lam"),
+        ({"mixup_alpha": float("inf")}, "mixup_alpha"),
+        ({"cutmix_alpha": float("inf")}, "cutmix_alpha"),
+        ({"switch_prob": float("nan")}, "switch_prob"),
+    ],
+)
+def test_flags_and_non_finite_values_are_refused(kwargs, name):
+    with pytest.raises(ValueError, match=f"argument `{name}`"):
+        RandomMix(**kwargs)
+
+
+def test_setters_refuse_non_finite_values():
+    layer = RandomMix()
+    for attr in ("mixup_alpha", "cutmix_alpha", "switch_prob", "probability"):
+        before = getattr(layer, attr)
+        for value in (float("inf"), float("-inf"), float("nan")):
+            with pytest.raises(ValueError, match=f"argument `{attr}`"):
+                setattr(layer, attr, value)
+        assert getattr(layer, attr) == before
+
+
+@pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
+def test_empty_batch_in_empty_out(mode):
+    images, labels = RandomMix(num_classes=3, mode=mode, seed=0)(
+        (np.zeros((0, 5, 5, 2), "float32"), np.zeros((0,), "int32"))
+    )
+    assert tuple(images.shape) == (0, 5, 5, 2)
+    assert tuple(labels.shape) == (0, 3)
+
+
+def test_out_of_range_ids_are_refused():
+    x = tagged(4, (4, 4), "channels_last")
+    with pytest.raises(ValueError, match="Received: labels=7"):
+        RandomMix(num_classes=4)((x, np.array([0, 1, 7, 2])))

@@ -256,3 +256,150 @@ def test_integer_labels_with_smoothing_need_num_classes():
     model.compile(loss=sparse_ce())
     with pytest.raises(ValueError, match="argument `num_classes`"):
         model.fit(x, y, verbose=0)
+
+
+def label_errors():
+    if harness.BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return (ValueError, tf.errors.InvalidArgumentError)
+    return ValueError
+
+
+def _fit_loss(model, x, y, sample_weight, jit):
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss=sparse_ce(), jit_compile=jit
+    )
+    history = model.fit(
+        x,
+        y,
+        sample_weight=sample_weight,
+        batch_size=len(x),
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+    )
+    return history.history["loss"][0]
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_sample_weight_column_gives_the_plain_loss_at_probability_zero(jit):
+    x, y = data(n=16)
+    w = np.linspace(0.1, 2.0, 16).astype("float32")
+    for sample_weight in (w, w[:, None]):
+        inner = classifier()
+        plain = _fit_loss(inner, x, y, sample_weight, jit)
+        model = MixingModel(
+            inner, MixupLayer(alpha=1.0, probability=0.0, seed=0)
+        )
+        mixed = _fit_loss(model, x, y, sample_weight, jit)
+        np.testing.assert_allclose(mixed, plain, rtol=1e-5)
+    # And mixed: a (B,) and a (B, 1) weight give the same loss.
+    losses = []
+    for sample_weight in (w, w[:, None]):
+        keras.utils.set_random_seed(0)
+        model = MixingModel(classifier(), MixupLayer(mode="elem", seed=3))
+        model.model.set_weights(inner.get_weights())
+        losses.append(_fit_loss(model, x, y, sample_weight, jit))
+    np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def _categorical_run(mixer, jit, x, y):
+    model = MixingModel(classifier(), mixer)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        jit_compile=jit,
+    )
+    history = model.fit(
+        x, y, batch_size=8, epochs=1, validation_data=(x, y), verbose=0
+    )
+    logs = model.evaluate(x, y, verbose=0, return_dict=True)
+    return model, history.history, logs
+
+
+def _plain_ce(model, x, targets):
+    logits = harness.to_numpy(model.model(x))
+    logp = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    return float(np.mean(-(targets * logp).sum(axis=1)))
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_integer_labels_with_smoothing_fit_evaluate_and_validate(jit):
+    x, y = data(n=16)
+    e = 0.1
+    mixer = MixupLayer(num_classes=CLASSES, label_smoothing=e, seed=0)
+    model, history, logs = _categorical_run(mixer, jit, x, y)
+    assert np.isfinite(history["loss"][0])
+    smooth = np.eye(CLASSES)[y] * (1 - e) + e / CLASSES
+    expected = _plain_ce(model, x, smooth)
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(history["val_loss"][0], expected, rtol=1e-4)
+    # Metrics compare with the unsmoothed classes.
+    accuracy = np.mean(harness.to_numpy(model(x)).argmax(axis=1) == y)
+    np.testing.assert_allclose(logs["accuracy"], accuracy, atol=1e-6)
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_integer_labels_with_a_categorical_loss_are_one_hot(jit):
+    x, y = data(n=16)
+    mixer = CutMixLayer(num_classes=CLASSES, mode="elem", seed=0)
+    model, history, logs = _categorical_run(mixer, jit, x, y)
+    assert np.isfinite(history["loss"][0])
+    expected = _plain_ce(model, x, np.eye(CLASSES)[y])
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(history["val_loss"][0], expected, rtol=1e-4)
+
+
+def test_sparse_loss_with_smoothing_asks_for_a_categorical_loss():
+    x, y = data(n=8)
+    model = MixingModel(
+        classifier(), MixupLayer(num_classes=CLASSES, label_smoothing=0.1)
+    )
+    model.compile(loss=sparse_ce())
+    with pytest.raises(ValueError, match="argument `label_smoothing`.*sparse"):
+        model.fit(x, y, verbose=0)
+
+
+def test_binary_float_targets_are_smoothed_as_two_classes():
+    x, _ = data(n=16)
+    y = (x.mean(axis=(1, 2, 3)) > 0).astype("float32")[:, None]
+    inner = keras.Sequential(
+        [keras.Input((6, 6, 1)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    e = 0.2
+    model = MixingModel(inner, MixupLayer(label_smoothing=e, seed=0))
+    model.compile(loss=keras.losses.BinaryCrossentropy(from_logits=True))
+    loss = model.evaluate(x, y, verbose=0)
+    p = 1 / (1 + np.exp(-harness.to_numpy(inner(x))))
+    t = y * (1 - e) + e / 2
+    expected = np.mean(-(t * np.log(p) + (1 - t) * np.log(1 - p)))
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_out_of_range_ids_raise_or_give_a_nan_loss(jit):
+    x, y = data(n=8)
+
+    def fresh():
+        # A fit stopped by an exception leaves a JAX model's variables
+        # purged (Keras's behaviour), so every check gets its own model.
+        model = MixingModel(classifier(), MixupLayer(seed=0))
+        model.compile(optimizer="sgd", loss=sparse_ce(), jit_compile=jit)
+        return model
+
+    for bad in (CLASSES, -1):
+        labels = y.copy()
+        labels[3] = bad
+        if jit is True:
+            model = fresh()
+            history = model.fit(x, labels, epochs=1, verbose=0)
+            assert np.isnan(history.history["loss"][0])
+            assert np.isnan(model.evaluate(x, labels, verbose=0))
+        else:
+            pattern = f"argument `labels`.*Received: labels=(\\] \\[)?{bad}"
+            with pytest.raises(label_errors(), match=pattern):
+                fresh().fit(x, labels, epochs=1, verbose=0)
+            with pytest.raises(label_errors(), match=pattern):
+                fresh().evaluate(x, labels, verbose=0)
