@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_rate
 from keras_regularize._validation import check_seed
 
@@ -67,7 +68,8 @@ class MCDropout(keras.layers.Layer):
         **kwargs: Base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: Tensor of any rank.
+        inputs: Floating-point tensor of any rank. Integer and bool inputs
+            are refused: cast them to a float dtype first.
         training: Ignored: units are dropped in training and at inference.
 
     Example:
@@ -90,6 +92,11 @@ class MCDropout(keras.layers.Layer):
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.supports_masking = True
+        # No weights to create: built at once, as keras.layers.Dropout is.
+        # The input checks run when the layer is called instead. A subclass
+        # with its own `build` is left to build itself.
+        if type(self).build is keras.layers.Layer.build:
+            self.built = True
 
     @property
     def rate(self):
@@ -108,7 +115,7 @@ class MCDropout(keras.layers.Layer):
             "model whose Dropout layers have the rate you want."
         )
 
-    def build(self, input_shape):
+    def _check_noise_shape_rank(self, input_shape):
         if self.noise_shape is not None and len(self.noise_shape) != len(
             input_shape
         ):
@@ -117,7 +124,6 @@ class MCDropout(keras.layers.Layer):
                 f"a tuple of length {len(input_shape)} (the input rank). "
                 f"Received: noise_shape={self.noise_shape}"
             )
-        self.built = True
 
     def shares_mask_over_batch(self):
         """Whether one mask is drawn for the whole batch (batch size 1)."""
@@ -132,6 +138,8 @@ class MCDropout(keras.layers.Layer):
         )
 
     def call(self, inputs, training=None):
+        check_input_dtype("MCDropout", inputs)
+        self._check_noise_shape_rank(inputs.shape)
         if self.rate == 0.0:
             return inputs
         return keras.random.dropout(
@@ -140,6 +148,13 @@ class MCDropout(keras.layers.Layer):
             noise_shape=self._mask_shape(inputs),
             seed=self.seed_generator,
         )
+
+    def compute_output_spec(self, inputs, *args, **kwargs):
+        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
+        # inputs too, when the model is built rather than at its first step.
+        check_input_dtype("MCDropout", inputs)
+        self._check_noise_shape_rank(inputs.shape)
+        return super().compute_output_spec(inputs, *args, **kwargs)
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -116,10 +116,12 @@ def test_bad_arguments(kwargs, message):
         MCDropout(**kwargs)
 
 
-def test_noise_shape_of_the_wrong_rank_is_rejected_at_build():
+def test_noise_shape_of_the_wrong_rank_is_rejected_at_the_first_call():
     layer = MCDropout(0.1, noise_shape=(None, 1))
     with pytest.raises(ValueError, match="Expected a tuple of length 3"):
         layer(np.ones((2, 3, 4), "float32"))
+    with pytest.raises(ValueError, match="Expected a tuple of length 3"):
+        MCDropout(0.1, noise_shape=(None, 1))(keras.Input((3, 4)))
 
 
 def test_rate_cannot_be_changed_after_construction():
@@ -129,3 +131,70 @@ def test_rate_cannot_be_changed_after_construction():
     with pytest.raises(AttributeError, match="Received: rate=0.5"):
         layer.rate = 0.5
     assert layer.rate == 0.2 and layer.get_config()["rate"] == 0.2
+
+
+def test_built_after_construction_like_keras_dropout():
+    # No weights to create: built at once, as keras.layers.Dropout is.
+    assert keras.layers.Dropout(0.5).built
+    layer = MCDropout(0.5, noise_shape=(None, 1, None), seed=0)
+    assert layer.built and not layer.weights
+    y = layer(np.ones((2, 3, 4), "float32"))
+    assert tuple(y.shape) == (2, 3, 4)
+
+
+def test_keras_run_layer_test_cross_check():
+    from keras.src.testing import test_case
+
+    test_case.TestCase().run_layer_test(
+        MCDropout,
+        init_kwargs={"rate": 0.2, "seed": 1},
+        input_shape=(2, 3),
+        call_kwargs={"training": True},
+        expected_output_shape=(2, 3),
+        expected_num_trainable_weights=0,
+        expected_num_non_trainable_weights=0,
+        expected_num_seed_generators=1,
+        expected_num_losses=0,
+        supports_masking=True,
+        assert_built_after_instantiation=True,
+        # Outputs are random even at inference, by design.
+        run_training_check=False,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["int32", "uint8", "bool"])
+def test_integer_inputs_are_refused_naming_the_layer_and_dtype(dtype):
+    message = f"`MCDropout`.*floating-point.*dtype={dtype}"
+    for rate in (0.5, 0.0):
+        with pytest.raises(ValueError, match=message):
+            MCDropout(rate)(np.ones((4, 3), dtype))
+    with pytest.raises(ValueError, match=message):
+        MCDropout(0.5)(keras.Input((3,), dtype=dtype))
+
+
+@pytest.mark.parametrize("noise_shape", [None, (None, 1), (1, None)])
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_empty_batch_gives_an_empty_output(noise_shape, jit):
+    layer = MCDropout(0.5, noise_shape=noise_shape, seed=0)
+    x = np.zeros((0, 4), "float32")
+    assert harness.to_numpy(layer(x)).shape == (0, 4)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(jit_compile=jit)
+    assert model.predict_on_batch(x).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), True, "0.1", None]
+)
+def test_non_finite_or_non_numeric_rates_are_refused(value):
+    with pytest.raises(ValueError, match="argument `rate`.*Received: rate="):
+        MCDropout(value)
+
+
+@pytest.mark.parametrize("value", [0.3, float("inf"), True, "0.1"])
+def test_rate_assignment_is_refused_whatever_the_value(value):
+    layer = MCDropout(0.2)
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        layer.rate = value
+    assert layer.rate == 0.2
