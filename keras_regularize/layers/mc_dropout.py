@@ -53,8 +53,8 @@ class MCDropout(keras.layers.Layer):
     the same model built with `MCDropout`.
 
     Args:
-        rate: Float in `[0, 1)`. Fraction of units to drop. Fixed once the
-            layer is built: setting `layer.rate` later raises, rather than
+        rate: Float in `[0, 1)`. Fraction of units to drop. Fixed at
+            construction: setting `layer.rate` later raises, rather than
             being ignored by already compiled functions.
         noise_shape: Optional tuple of ints and `None`s, the shape of the
             binary mask broadcast against the inputs; `None` entries take the

@@ -31,7 +31,8 @@ class WeightNoise(keras.layers.Wrapper):
     Args:
         layer: A `keras.layers.Layer` with a `kernel` variable (checked when
             the layer is built).
-        stddev: Float >= 0. Standard deviation of the kernel noise. It is
+        stddev: Finite float >= 0. Standard deviation of the kernel noise
+            (NaN and infinities are refused). It is
             held in a non-trainable variable, so `layer.stddev = 0.01` (e.g.
             from a callback annealing it) takes effect inside compiled
             training steps.
@@ -41,7 +42,10 @@ class WeightNoise(keras.layers.Wrapper):
             is cast to the wrapper's compute dtype.
 
     Call arguments:
-        inputs: Inputs of the wrapped layer.
+        inputs: Inputs of the wrapped layer, of any dtype it takes. Only the
+            kernel is perturbed (in its own float dtype), so integer inputs
+            that the wrapped layer promotes, as `Dense` does, stay as valid
+            as without the wrapper.
         training: Python bool. Noise is added only when `True`.
 
     Example:

@@ -173,3 +173,45 @@ def test_layers_without_a_kernel_are_rejected():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WeightNoise(_dense(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "value", [float("inf"), float("-inf"), float("nan"), True, None]
+)
+def test_non_finite_or_non_numeric_stddevs_are_refused(value):
+    with pytest.raises(
+        ValueError, match="argument `stddev`.*Received: stddev="
+    ):
+        WeightNoise(_dense(), stddev=value)
+    layer = WeightNoise(_dense(), stddev=0.1)
+    with pytest.raises(
+        ValueError, match="argument `stddev`.*Received: stddev="
+    ):
+        layer.stddev = value
+    assert layer.stddev == 0.1
+    assert float(harness.to_numpy(layer.stddev_variable)) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_empty_batch_gives_an_empty_output(jit):
+    layer = WeightNoise(_dense(3), stddev=0.1, seed=0)
+    x = np.zeros((0, 5), "float32")
+    for training in (True, False):
+        assert harness.to_numpy(layer(x, training=training)).shape == (0, 3)
+    inputs = keras.Input((5,))
+    model = keras.Model(inputs, layer(inputs))
+    model.compile(jit_compile=jit)
+    assert model.predict_on_batch(x).shape == (0, 3)
+
+
+def test_integer_inputs_behave_as_in_the_wrapped_layer():
+    # The noise perturbs the float kernel, not the inputs: nothing is
+    # rescaled or truncated, so integer inputs that Dense promotes to float
+    # stay valid. Outputs are float, exact at inference, noisy in training.
+    layer = WeightNoise(_dense(3), stddev=0.5, seed=0)
+    x = np.arange(10, dtype="int32").reshape(2, 5)
+    plain = harness.to_numpy(layer.layer(x))
+    np.testing.assert_array_equal(harness.to_numpy(layer(x)), plain)
+    noisy = harness.to_numpy(layer(x, training=True))
+    assert noisy.dtype == np.float32 and np.all(np.isfinite(noisy))
+    assert not np.allclose(noisy, plain)
