@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize.layers.mc_dropout import MCDropout
@@ -364,10 +365,10 @@ def mc_predict(
             memory (the `"loop"` strategy holds `batch_size` rows).
             Defaults to `ceil(rows / samples)` with `rows` 1,024 on JAX and
             4,096 on TensorFlow and torch (`DEFAULT_ROWS_PER_PASS`).
-        from_logits: Bool. Whether the model outputs logits, turned into
+        from_logits: Python bool. Whether the model outputs logits, turned into
             probabilities (softmax, or sigmoid for one unit) before
             averaging. Defaults to `False`.
-        return_samples: Bool. Whether to return the sampled outputs too.
+        return_samples: Python bool. Whether to return the sampled outputs too.
             Defaults to `False`.
         strategy: `"auto"`, `"tile"`, `"tile_inputs"` or `"loop"`, as
             above. Defaults to `"auto"`.
@@ -376,7 +377,8 @@ def mc_predict(
         An `MCPrediction` named tuple of NumPy arrays: `mean`, `variance`
         (both shaped like one prediction), `entropy` and
         `mutual_information` (the class axis reduced, in nats), and
-        `samples` (`(samples, N, ...)` or `None`).
+        `samples` (`(samples, N, ...)` or `None`). An input with 0 rows
+        gives results with 0 rows (`N = 0`).
 
     Example:
 
@@ -404,6 +406,8 @@ def mc_predict(
     samples = check_int("samples", samples, 1)
     if batch_size is not None:
         batch_size = check_int("batch_size", batch_size, 1)
+    from_logits = check_bool("from_logits", from_logits)
+    return_samples = check_bool("return_samples", return_samples)
     strategy = check_choice("strategy", strategy, STRATEGIES)
     stochastic = stochastic_layers(model)
     if not stochastic:
@@ -424,6 +428,10 @@ def mc_predict(
         batch_size = max(1, math.ceil(rows / samples))
 
     n = _num_rows(x)
+    if n == 0:
+        return _empty_prediction(
+            model, x, samples, batch_size, from_logits, return_samples, strategy
+        )
     parts = []
     if strategy in ("tile", "tile_inputs") and samples > 1:
         forward = _forward(
@@ -440,6 +448,37 @@ def mc_predict(
             )
             parts.append(_host_statistics(probs[:, :rows], return_samples))
     return MCPrediction(**_concat(parts))
+
+
+def _empty_prediction(
+    model, x, samples, batch_size, from_logits, return_samples, strategy
+):
+    """Results with 0 rows, shaped and typed as for any other input.
+
+    One pass over a single all-zeros input gives the shapes and dtypes of
+    every result; its row is then dropped. (The forward pass cannot run on
+    the empty batch itself: reshaping `samples * 0` rows into
+    `(samples, -1, ...)` is ambiguous.)
+    """
+
+    def one_row(t):
+        return np.zeros((1,) + tuple(t.shape[1:]), ops.dtype(t))
+
+    result = mc_predict(
+        model,
+        keras.tree.map_structure(one_row, x),
+        samples=samples,
+        batch_size=batch_size,
+        from_logits=from_logits,
+        return_samples=return_samples,
+        strategy=strategy,
+    )
+    return MCPrediction(
+        **{
+            k: None if v is None else v[:, :0] if k == "samples" else v[:0]
+            for k, v in result._asdict().items()
+        }
+    )
 
 
 def _first_rows(out, rows):

@@ -3,6 +3,7 @@
 import keras
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_bool
 from keras_regularize.layers.mc_dropout import MCDropout
 from keras_regularize.models.mc_predict import walk_layers
 
@@ -83,9 +84,9 @@ def with_mc_dropout(model, share_weights=True):
 
     Args:
         model: A Sequential or Functional `keras.Model`.
-        share_weights: Bool. Whether the new model reuses the layers (and so
-            the variables) of `model` rather than copies. Defaults to
-            `True`.
+        share_weights: Python bool. Whether the new model reuses the
+            layers (and so the variables) of `model` rather than copies.
+            Defaults to `True`.
 
     Returns:
         A new `keras.Model` of the same kind as `model`.
@@ -104,7 +105,7 @@ def with_mc_dropout(model, share_weights=True):
     """
     if not isinstance(model, keras.Model):
         raise _bad_model(model)
-    share_weights = bool(share_weights)
+    share_weights = check_bool("share_weights", share_weights)
     copies = []
 
     def clone_function(layer):

@@ -38,3 +38,22 @@ def test_edge_counts():
 def test_bad_arguments(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         drop_path_rates(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, name",
+    [
+        ((4, float("inf")), {}, "max_rate"),
+        ((4, float("nan")), {}, "max_rate"),
+        ((4, True), {}, "max_rate"),
+        ((4, "0.1"), {}, "max_rate"),
+        ((4, None), {}, "max_rate"),
+        ((True, 0.1), {}, "num_blocks"),
+        ((float("inf"), 0.1), {}, "num_blocks"),
+        ((4.0, 0.1), {}, "num_blocks"),
+        ((2, 0.1), {"stages": [True, 1]}, "stages"),
+    ],
+)
+def test_non_finite_or_mistyped_arguments_are_refused(args, kwargs, name):
+    with pytest.raises(ValueError, match=f"argument `{name}`.*Received"):
+        drop_path_rates(*args, **kwargs)

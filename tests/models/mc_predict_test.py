@@ -274,3 +274,60 @@ def test_bad_model_and_inputs():
         mc_predict("model", _x())
     with pytest.raises(ValueError, match="argument `x`"):
         mc_predict(_model(), None)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("return_samples", [False, True])
+def test_empty_inputs_give_empty_results(strategy, return_samples):
+    model = _model(outputs=4)
+    result = mc_predict(
+        model,
+        _x(0),
+        samples=5,
+        return_samples=return_samples,
+        strategy=strategy,
+    )
+    assert result.mean.shape == (0, 4) and result.variance.shape == (0, 4)
+    assert result.entropy.shape == (0,)
+    assert result.mutual_information.shape == (0,)
+    assert result.mean.dtype == np.float32
+    if return_samples:
+        assert result.samples.shape == (5, 0, 4)
+    else:
+        assert result.samples is None
+
+
+def test_empty_inputs_of_a_multi_input_model_give_empty_results():
+    a, b = keras.Input((3,)), keras.Input((2,))
+    h = keras.layers.Concatenate()([a, b])
+    model = keras.Model([a, b], MCDropout(0.5)(keras.layers.Dense(2)(h)))
+    x = [np.zeros((0, 3), "float32"), np.zeros((0, 2), "float32")]
+    assert mc_predict(model, x, samples=3).mean.shape == (0, 2)
+
+
+@pytest.mark.parametrize("name", ["from_logits", "return_samples"])
+@pytest.mark.parametrize("value", ["no", 1, 0, None])
+def test_flags_take_bools_only(name, value):
+    with pytest.raises(
+        ValueError, match=f"argument `{name}`.*Received: {name}={value!r}"
+    ):
+        mc_predict(_model(), _x(), **{name: value})
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("samples", float("inf")),
+        ("samples", float("nan")),
+        ("samples", True),
+        ("samples", None),
+        ("batch_size", float("inf")),
+        ("batch_size", True),
+        ("batch_size", "8"),
+        ("strategy", True),
+        ("strategy", None),
+    ],
+)
+def test_non_finite_or_mistyped_arguments_are_refused(name, value):
+    with pytest.raises(ValueError, match=f"argument `{name}`.*Received"):
+        mc_predict(_model(), _x(), **{name: value})

@@ -175,3 +175,20 @@ def test_unreachable_or_unsupported_dropouts_are_named():
     )
     with pytest.raises(ValueError, match="'g' \\(GaussianDropout\\)"):
         with_mc_dropout(model)
+
+
+@pytest.mark.parametrize("value", ["no", 1, 0, None])
+def test_share_weights_takes_bools_only(value):
+    with pytest.raises(
+        ValueError,
+        match=f"argument `share_weights`.*Received: share_weights={value!r}",
+    ):
+        with_mc_dropout(_functional(), share_weights=value)
+
+
+def test_converted_layers_are_built_and_take_empty_batches():
+    mc = with_mc_dropout(_functional())
+    assert all(layer.built for layer in _mc_layers(mc))
+    # (TensorFlow's Conv2D cannot run on 0 rows; mc_predict never runs the
+    # model on an empty batch, so it answers on every backend.)
+    assert mc_predict(mc, _x(0), samples=3).mean.shape == (0, 3)
