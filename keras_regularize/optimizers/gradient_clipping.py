@@ -391,6 +391,10 @@ class GradientClipping(OptimizerWrapper):
             factor = self._threshold_tensor()
             clipped, flags = [], []
             for g, w in zip(grads, variables):
+                if type(g).__name__ == "IndexedSlices":
+                    # TensorFlow's sparse Embedding gradient holds one slice
+                    # per lookup; a row's norm needs its repeats summed.
+                    g = ops.add(g, ops.zeros(tuple(w.shape), g.dtype))
                 axes = self._agc_axes.get(id(w))
                 if axes is None:
                     axes = default_unit_axes(w)
