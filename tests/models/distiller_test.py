@@ -366,19 +366,224 @@ def test_torch_jit_compile():
     assert np.all(np.isfinite(h["loss"]))
 
 
+# Unbuilt models: shapes are checked, and teachers built, at the first call.
+
+
+def unbuilt(units, hidden=8):
+    return keras.Sequential(
+        [keras.layers.Dense(hidden, "relu"), keras.layers.Dense(units)]
+    )
+
+
+class SubclassedNet(keras.Model):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, "relu")
+        self.out = keras.layers.Dense(units)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def _fit(d, jit, y=None, epochs=1):
+    x, labels = data()
+    d.compile(optimizer="sgd", jit_compile=jit)
+    y = labels if y is None else y
+    return d.fit(x, y, batch_size=8, epochs=epochs, verbose=0).history
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+@pytest.mark.parametrize("built_teacher", [True, False])
+def test_unbuilt_student_against_teacher_of_another_shape_raises(
+    jit, built_teacher
+):
+    teacher = (
+        keras.Sequential([keras.Input((D,)), keras.layers.Dense(1)])
+        if built_teacher
+        else unbuilt(1)
+    )
+    d = Distiller(unbuilt(C), teacher)
+    with pytest.raises(
+        ValueError,
+        match=r"`teacher`.*student's output shape \(None, 4\).*teacher\[0\] "
+        r"with output shape \(None, 1\)",
+    ):
+        _fit(d, jit)
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+def test_every_unbuilt_ensemble_teacher_is_checked(jit):
+    d = Distiller(mlp(8, "s"), [unbuilt(C), SubclassedNet(C + 1)])
+    with pytest.raises(ValueError, match=r"teacher\[1\] with output shape"):
+        _fit(d, jit)
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+def test_cached_unbuilt_teacher_of_another_shape_raises(jit):
+    d = Distiller(unbuilt(C), unbuilt(C - 1), cache_teacher_outputs=True)
+    with pytest.raises(ValueError, match=r"output shape \(None, 3\)"):
+        _fit(d, jit)
+
+
+def test_predict_and_evaluate_check_unbuilt_shapes_too():
+    x, y = data()
+    with pytest.raises(ValueError, match=r"output shape \(None, 3\)"):
+        Distiller(unbuilt(C), unbuilt(C - 1)).predict(x, verbose=0)
+    d = Distiller(unbuilt(C), unbuilt(C - 1))
+    d.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match=r"output shape \(None, 3\)"):
+        d.evaluate(x, y, verbose=0)
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+@pytest.mark.parametrize(
+    "make", [unbuilt, SubclassedNet], ids=["sequential", "subclassed"]
+)
+@pytest.mark.parametrize("which", ["teacher", "student", "both"])
+def test_unbuilt_models_train_and_teachers_stay_frozen(jit, make, which):
+    student = make(C) if which != "teacher" else mlp(8, "s")
+    teacher = make(C) if which != "student" else mlp(16, "t")
+    ensemble = [teacher, make(C)]
+    d = Distiller(student, ensemble)
+    h = _fit(d, jit)
+    assert all(np.isfinite(h[k][0]) for k in h)
+    assert all(t.built and not t.trainable for t in ensemble)
+    before = [weights(t) for t in ensemble]
+    _fit(d, jit)
+    for t, b in zip(ensemble, before):
+        for new, old in zip(weights(t), b):
+            np.testing.assert_array_equal(new, old)
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+def test_unbuilt_teacher_with_cache_and_mixed_precision(jit):
+    keras.config.set_dtype_policy("mixed_float16")
+    d = Distiller(unbuilt(C), unbuilt(C), cache_teacher_outputs=True)
+    h = _fit(d, jit)
+    assert all(np.isfinite(h[k][0]) for k in h)
+
+
+def test_first_direct_call_builds_an_unbuilt_teacher():
+    x, _ = data()
+    student, teacher = unbuilt(C), unbuilt(C)
+    d = Distiller(student, teacher)
+    np.testing.assert_allclose(to_numpy(d(x)), to_numpy(student(x)))
+    assert teacher.built
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+def test_column_and_one_hot_labels_give_the_flat_label_loss(jit):
+    _, y = data()
+    losses = []
+    for labels in (y, y[:, None], np.eye(C, dtype="float32")[y]):
+        keras.utils.set_random_seed(0)
+        d = Distiller(mlp(8, "s"), mlp(16, "t"))
+        d.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit)
+        x, _ = data()
+        logs = d.train_on_batch(x, labels, return_dict=True)
+        losses.append(logs["student_loss"])
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+def test_labels_of_a_wrong_shape_raise(jit):
+    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    with pytest.raises(ValueError, match=r"`y`.*y.shape=\(8, 2\)"):
+        _fit(d, jit, y=np.zeros((N, 2), "float32"))
+
+
+@pytest.mark.parametrize("jit", jit_modes())
+@pytest.mark.parametrize("bad", [C, -1])
+def test_out_of_range_hard_label_raises_or_gives_nan(jit, bad):
+    _, y = data()
+    y[5] = bad
+    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    try:
+        h = _fit(d, jit, y=y)
+    except ValueError as error:
+        # Eager steps (torch, jax without jit) see the values.
+        assert f"y={bad}" in str(error)
+    else:
+        # Traced steps cannot raise on data: NaN, never a finite wrong loss.
+        assert np.isnan(h["loss"][0]) and np.isnan(h["student_loss"][0])
+        assert np.isfinite(h["distillation_loss"][0])
+
+
+def test_empty_batch_gives_zero_losses():
+    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d.compile(optimizer="sgd")
+    x, y = data()
+    logs = d.train_on_batch(x[:0], y[:0], return_dict=True)
+    assert logs["loss"] == 0.0 and logs["distillation_loss"] == 0.0
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_alpha_zero_or_one_trains_on_one_term(alpha):
+    d = Distiller(mlp(8, "s"), mlp(16, "t"), alpha=alpha)
+    d.compile(optimizer=keras.optimizers.SGD(0.0))
+    x, y = data()
+    logs = d.train_on_batch(x, y, return_dict=True)
+    term = "distillation_loss" if alpha else "student_loss"
+    np.testing.assert_allclose(logs["loss"], logs[term], rtol=1e-6)
+
+
+def test_student_and_teacher_must_be_models():
+    with pytest.raises(ValueError, match="argument `student`"):
+        Distiller("not_a_model", mlp(16, "t"))
+    with pytest.raises(ValueError, match=r"argument `teacher\[0\]`"):
+        Distiller(mlp(8, "s"), "not_a_model")
+    with pytest.raises(ValueError, match="argument `teacher`"):
+        Distiller(mlp(8, "s"), [])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(BACKEND != "torch", reason="jit covered by jit_modes")
+def test_torch_compiled_fit_with_unbuilt_models_and_bad_labels():
+    d = Distiller(unbuilt(C), [unbuilt(C), SubclassedNet(C)])
+    h = _fit(d, True)
+    assert all(np.isfinite(h[k][0]) for k in h)
+    _, y = data()
+    y[3] = C
+    with pytest.raises(ValueError, match=f"y={C}"):
+        _fit(Distiller(mlp(8, "s"), mlp(16, "t")), True, y=y)
+
+
 # Bad arguments: a clear error naming the argument and the value.
 
 
-@pytest.mark.parametrize("temperature", [0.0, -2.0])
+BAD_NUMBERS = [float("inf"), float("-inf"), float("nan"), True, "1", None]
+
+
+@pytest.mark.parametrize("temperature", [0.0, -2.0] + BAD_NUMBERS)
 def test_bad_temperature(temperature):
     with pytest.raises(ValueError, match="`temperature`.*temperature="):
         Distiller(mlp(8, "s"), mlp(16, "t"), temperature=temperature)
 
 
-@pytest.mark.parametrize("alpha", [-0.5, 1.01])
+@pytest.mark.parametrize("alpha", [-0.5, 1.01] + BAD_NUMBERS)
 def test_bad_alpha(alpha):
     with pytest.raises(ValueError, match=r"`alpha`.*\[0, 1\].*alpha="):
         Distiller(mlp(8, "s"), mlp(16, "t"), alpha=alpha)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0] + BAD_NUMBERS)
+def test_bad_hyperparameter_assignment_keeps_the_old_value(value):
+    d = Distiller(mlp(8, "s"), mlp(16, "t"), temperature=3.0, alpha=0.5)
+    with pytest.raises(ValueError, match=r"temperature="):
+        d.temperature = value
+    if value != 0.0:
+        with pytest.raises(ValueError, match=r"alpha="):
+            d.alpha = value
+    assert d.temperature == 3.0 and d.alpha == 0.5
+    assert float(to_numpy(d.temperature_variable)) == 3.0
+    assert float(to_numpy(d.alpha_variable)) == 0.5
+
+
+@pytest.mark.parametrize("name", ["from_logits", "cache_teacher_outputs"])
+@pytest.mark.parametrize("value", [1, 0, "no", None])
+def test_bool_arguments_take_bools_only(name, value):
+    with pytest.raises(ValueError, match=rf"`{name}`.*{name}="):
+        Distiller(mlp(8, "s"), mlp(16, "t"), **{name: value})
 
 
 def test_bad_alpha_assignment():
