@@ -38,9 +38,10 @@ class StochasticResidual(RateLayer):
       adds none, since its activations never exist. Weight regularizers
       depend on the weights only and count in every step, as elsewhere.
     - `mode="subset"`: the block runs on a random subset of
-      `max(1, floor(B * (1 - rate)))` samples, a static size, and its output
-      is added back to those samples scaled by `B / subset`; the other
-      samples pass through unchanged. The subset size is computed from `rate`
+      `max(1, floor(B * (1 - rate)))` samples (none of an empty batch), a
+      static size wherever the batch size is static, and its output is
+      added back to those samples scaled by `B / subset`; the other samples
+      pass through unchanged. The subset size is computed from `rate`
       when the step is traced, so a rate changed later applies once the step
       is traced again (the other modes read the rate variable every step).
     - `mode="row"`: the block runs on every sample and its output is dropped

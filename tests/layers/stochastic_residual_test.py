@@ -325,3 +325,21 @@ def test_non_finite_or_non_numeric_rates_are_refused(value):
     with pytest.raises(ValueError, match="argument `rate`.*Received: rate="):
         layer.rate = value
     assert layer.rate == 0.2
+
+
+@pytest.mark.parametrize("jit", harness.jit_modes())
+def test_subset_mode_trains_through_an_odd_last_batch(jit):
+    # Batches of 5, 5 and 3 rows: TensorFlow retraces the step with a
+    # dynamic batch size, which takes the subset size from the tensor.
+    block = keras.layers.Dense(3)
+    inputs = keras.Input((3,))
+    layer = StochasticResidual(block, rate=0.5, mode="subset", seed=0)
+    model = keras.Model(inputs, keras.layers.Dense(1)(layer(inputs)))
+    model.compile("sgd", "mse", jit_compile=jit)
+    kernel = harness.to_numpy(block.kernel).copy()
+    x = np.random.default_rng(0).normal(size=(13, 3)).astype("float32")
+    history = model.fit(
+        x, np.ones((13, 1), "float32"), batch_size=5, epochs=2, verbose=0
+    )
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert not np.array_equal(kernel, harness.to_numpy(block.kernel))
