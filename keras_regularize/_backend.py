@@ -135,7 +135,7 @@ class _TFOps:
     def blend(self, x, x_partner, w):
         return x * w + x_partner * (1.0 - w)
 
-    def require(self, valid, values, name, expected):
+    def require(self, valid, values, name, expected, guard=None):
         """`KerasOps.require` for TensorFlow tensors (eager or graph)."""
         if self.tf.executing_eagerly():
             import numpy as np
@@ -146,15 +146,17 @@ class _TFOps:
             if not ok.all():
                 bad = np.broadcast_to(np.asarray(values), ok.shape)
                 fail(name, expected, bad[~ok].flat[0].item())
-        else:
-            self.assert_in_graph(valid, values, name, expected)
+            return guard
+        return self.assert_in_graph(valid, values, name, expected, guard)
 
     @staticmethod
-    def assert_in_graph(valid, values, name, expected):
+    def assert_in_graph(valid, values, name, expected, guard=None):
         """Asserts `valid` in a TensorFlow graph, naming the first bad value.
 
         The graph raises `InvalidArgumentError` with the package's argument
         message; XLA drops the assertion (the callers then give NaN).
+        Returns `guard` made to wait for the assertion, so the ops that use
+        it (a loss that would fail on the same values) run after it.
         """
         import tensorflow as tf
 
@@ -171,10 +173,13 @@ class _TFOps:
             f"Invalid value received for argument `{name}`. Expected "
             f"{expected}. Received: {name}="
         )
-        # Stateful, so tf.function and tf.data run it without a dependency.
-        tf.debugging.Assert(
+        check = tf.debugging.Assert(
             tf.reduce_all(ok), [message, tf.gather(values, first)], summarize=1
         )
+        if guard is None:
+            return None
+        with tf.control_dependencies([check]):
+            return tf.identity(guard)
 
     def uniform(self, shape):
         return self.generator.uniform(shape, dtype="float32")

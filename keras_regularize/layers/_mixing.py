@@ -92,13 +92,14 @@ class KerasOps:
         return x * w + x_partner * (1.0 - w)
 
     @staticmethod
-    def require(valid, values, name, expected):
+    def require(valid, values, name, expected, guard=None):
         """Raises for the first value where `valid` is False, if it can.
 
         Concrete (eager) tensors are checked on the host and raise
         `ValueError`; TensorFlow graphs get an assertion (TensorFlow raises
-        `InvalidArgumentError` with the same message). Traced JAX or XLA
-        code cannot raise on data: the callers make such values NaN.
+        `InvalidArgumentError` with the same message) that `guard`, returned,
+        waits for. Traced JAX or XLA code cannot raise on data: the callers
+        make such values NaN.
         """
         if _concrete(valid):
             _raise_first_invalid(valid, values, name, expected)
@@ -107,7 +108,8 @@ class KerasOps:
         ):
             from keras_regularize._backend import _TFOps
 
-            _TFOps.assert_in_graph(valid, values, name, expected)
+            return _TFOps.assert_in_graph(valid, values, name, expected, guard)
+        return guard
 
     def uniform(self, shape):
         return keras.random.uniform(
@@ -410,8 +412,12 @@ def prepare_labels(xp, labels, num_classes, label_smoothing):
             )
         ids = xp.cast(labels, "int32")
         valid = xp.logical_and(ids >= 0, ids < num_classes)
-        xp.require(
-            valid, ids, "labels", f"integer class ids in [0, {num_classes})"
+        ids = xp.require(
+            valid,
+            ids,
+            "labels",
+            f"integer class ids in [0, {num_classes})",
+            guard=ids,
         )
         labels = xp.one_hot(xp.where(valid, ids, 0), num_classes)
         labels = xp.where(xp.reshape(valid, (-1, 1)), labels, nan)
@@ -430,12 +436,13 @@ def prepare_labels(xp, labels, num_classes, label_smoothing):
                     f"float tensor of shape {tuple(labels.shape)}",
                 )
             valid = xp.logical_and(labels >= 0.0, labels <= 1.0)
-            xp.require(
+            labels = xp.require(
                 valid,
                 labels,
                 "labels",
                 "binary targets in [0, 1] (float labels of shape (batch,) "
                 "or (batch, 1)); pass class ids as integers",
+                guard=labels,
             )
             labels = xp.where(valid, labels, nan)
             classes = 2

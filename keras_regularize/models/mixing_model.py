@@ -201,7 +201,7 @@ class MixingModel(keras.Model):
                     "keras.losses.CategoricalCrossentropy",
                     smoothing,
                 )
-            return t, _ids_in_range(t, units)
+            return _ids_in_range(t, units)
         if mixer.num_classes is None:
             return t, None
         if units is not None and units != mixer.num_classes:
@@ -250,19 +250,24 @@ def _poison(loss, valid):
 
 
 def _ids_in_range(ids, classes):
-    """Checks class ids for a sparse loss; returns a validity flag or None.
+    """Checks class ids for a sparse loss: `(ids, valid)`.
 
-    Eager ids raise `ValueError` at once (TensorFlow graphs assert); traced
-    ones return a scalar bool that `_poison` turns into a NaN loss.
+    Eager ids raise `ValueError` at once; in TensorFlow graphs the returned
+    ids wait for an assertion. `valid` is a scalar bool that `_poison`
+    turns into a NaN loss where nothing could raise (compiled steps).
     """
     if classes is None:
-        return None
-    ids = ops.cast(ids, "int32")
-    valid = ops.logical_and(ids >= 0, ids < classes)
-    KerasOps.require(
-        valid, ids, "labels", f"integer class ids in [0, {classes})"
+        return ids, None
+    checked = ops.cast(ids, "int32")
+    valid = ops.logical_and(checked >= 0, checked < classes)
+    ids = KerasOps.require(
+        valid,
+        checked,
+        "labels",
+        f"integer class ids in [0, {classes})",
+        guard=ids,
     )
-    return ops.all(valid)
+    return ids, ops.all(valid)
 
 
 def _losses_for(loss, y, count):

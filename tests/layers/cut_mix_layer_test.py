@@ -299,7 +299,8 @@ def test_empty_batch_in_empty_out(mode):
 
 def test_symbolic_batch_of_unknown_size_channels_first():
     layer = CutMixLayer(num_classes=4, data_format="channels_first")
-    mixed, targets = layer((keras.Input((3, 8, 8)), keras.Input((1,), "int32")))
+    ids = keras.Input((1,), dtype="int32")
+    mixed, targets = layer((keras.Input((3, 8, 8)), ids))
     assert tuple(mixed.shape) == (None, 3, 8, 8)
     assert tuple(targets.shape) == (None, 4)
 
