@@ -8,6 +8,8 @@ layers, so the error names the argument and the value at once.
 import math
 import numbers
 
+import numpy as np
+
 DATA_FORMATS = ("channels_last", "channels_first")
 
 
@@ -51,7 +53,7 @@ def check_number(
         # NumPy scalars of a real dtype register as numbers.Real; 0-d arrays
         # and tensors do not, and are refused rather than guessed at.
         fail(name, expected, value)
-    if type(value).__name__ == "bool_":
+    if isinstance(value, np.bool_):
         fail(name, expected, value)
     v = float(value)
     if math.isnan(v) or (math.isinf(v) and not allow_inf):
@@ -89,7 +91,7 @@ def check_int(name, value, low=None, high=None):
 
 def check_bool(name, value):
     """Checks a flag: a Python (or NumPy) bool, never a truthy stand-in."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     fail(name, "a bool (True or False)", value)
 
