@@ -14,8 +14,9 @@ from keras_regularize.layers._mixing import mix_batch
 class CutMixLayer(BaseMixing):
     """Pastes a box from a partner sample, and mixes the labels to match.
 
-    During training each sample `i` gets a partner `j` (a random permutation
-    of the batch) and a box of `x_j` is pasted into `x_i`. Rank-3 inputs
+    During training each sample `i` gets a partner `j` (never itself in a
+    batch of two or more, except in `"pair"` mode's odd one out; see
+    `MixupLayer`) and a box of `x_j` is pasted into `x_i`. Rank-3 inputs
     `(batch, steps, channels)` get a segment of steps, rank-4 images a
     rectangle, rank-5 volumes a cuboid. Following the CutMix paper, with
     `lam ~ Beta(alpha, alpha)` each side of the box is
@@ -27,7 +28,9 @@ class CutMixLayer(BaseMixing):
 
     With `training=False` the images are returned untouched and the labels
     are converted exactly as in training, minus the mixing (one-hot for
-    integer ids, then label smoothing). `alpha` and `probability` live in
+    integer ids, then label smoothing). Labels, label smoothing and integer
+    images follow the rules of `MixupLayer`; integer images stay whole
+    numbers, since pasting copies values. `alpha` and `probability` live in
     non-trainable variables, so callbacks may change them during training.
     To mix on device inside `fit`, wrap the model in
     `keras_regularize.models.MixingModel(model, CutMixLayer(...))`.
@@ -37,8 +40,9 @@ class CutMixLayer(BaseMixing):
             `1.0` (lambda uniform, as in the paper).
         num_classes: Int, needed when labels are integer class ids.
             Defaults to `None`.
-        label_smoothing: Float in `[0, 1)`, applied before mixing. Defaults
-            to `0.0`.
+        label_smoothing: Float in `[0, 1)`, applied before mixing (two
+            classes for binary targets; see `MixupLayer`). Defaults to
+            `0.0`.
         mode: `"batch"` (one box and lambda per batch), `"pair"` (one per
             pair of samples) or `"elem"` (one per sample). Defaults to
             `"batch"`.
@@ -51,8 +55,8 @@ class CutMixLayer(BaseMixing):
             of the box is drawn uniformly from `[lo, hi)` instead of from
             lambda, and the box lies inside the input; the label weight is
             then always the pasted fraction. Defaults to `None`.
-        data_format: `"channels_last"` or `"channels_first"`. Defaults to
-            `keras.config.image_data_format()`.
+        data_format: `"channels_last"`, `"channels_first"` or `None`
+            (`keras.config.image_data_format()`). Defaults to `None`.
         seed: Optional non-negative int seeding the layer's
             `keras.random.SeedGenerator`. Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).

@@ -11,12 +11,32 @@ from keras_regularize.layers._mixing import mix_batch
 class MixupLayer(BaseMixing):
     """Blends pairs of samples and their labels (mixup).
 
-    During training each sample `i` is paired with a partner `j` (a random
-    permutation of the batch) and replaced by `lam * x_i + (1 - lam) * x_j`,
+    During training each sample `i` is paired with a partner `j` and
+    replaced by `lam * x_i + (1 - lam) * x_j`,
     with `lam ~ Beta(alpha, alpha)`; its label becomes
     `lam * y_i + (1 - lam) * y_j` with the same `lam` and partner, after
     label smoothing. Returned labels are float32 soft targets `(batch,
     classes)`; images come back in the layer's compute dtype.
+
+    Partners: in `"batch"` and `"elem"` modes they follow one random cycle
+    through the batch, so no sample of a batch of two or more is paired with
+    itself (a plain permutation leaves about one per batch unmixed). In
+    `"pair"` mode samples are matched in pairs and, in an odd batch, one
+    sample is left alone (unmixed) by design. A batch of one is returned
+    unmixed; an empty batch comes back empty.
+
+    Labels: integer class ids `(batch,)`/`(batch, 1)` need `num_classes`
+    and must lie in `[0, num_classes)`. Float targets `(batch,)` or
+    `(batch, 1)` are binary targets in `[0, 1]` (refused when
+    `num_classes > 2`: float class ids are not mixed as numbers). Float
+    targets `(batch, classes)` are soft or multi-hot rows. A bad label
+    value raises `ValueError` naming it in eager calls; in a TensorFlow
+    graph (`tf.data`, `tf.function`) TensorFlow raises
+    `InvalidArgumentError` with the same message; inside a compiled JAX or
+    XLA step, where nothing can raise on data, the bad rows become NaN.
+
+    Integer images (e.g. `uint8`) are cast to the compute dtype with their
+    values kept (no rescaling), so the mixed images are floats.
 
     With `training=False` the images are returned untouched and the labels
     are converted exactly as in training, minus the mixing: integer ids
@@ -41,7 +61,10 @@ class MixupLayer(BaseMixing):
             Defaults to `None`.
         label_smoothing: Float in `[0, 1)`. Targets become
             `y * (1 - label_smoothing) + label_smoothing / classes` before
-            mixing. Defaults to `0.0`.
+            mixing, with `classes = 2` for binary targets `(batch,)`/
+            `(batch, 1)` and the number of columns otherwise (multi-hot
+            rows are smoothed column by column with the same map).
+            Defaults to `0.0`.
         mode: `"batch"` (one lambda per batch), `"pair"` (samples matched in
             pairs, one lambda per pair) or `"elem"` (one lambda per sample).
             Defaults to `"batch"`.

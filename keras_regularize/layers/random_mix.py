@@ -22,7 +22,8 @@ class RandomMix(BaseMixing):
     `lam ~ Beta(mixup_alpha, mixup_alpha)`; CutMix pastes a box drawn from
     `lam ~ Beta(cutmix_alpha, cutmix_alpha)` exactly as `CutMixLayer` does.
     Labels are mixed with the same lambda and partner as the images, after
-    label smoothing.
+    label smoothing. Partners, labels and integer images follow the rules
+    of `MixupLayer`.
 
     With `training=False` the images are returned untouched and the labels
     are converted exactly as in training, minus the mixing. `mixup_alpha`,
@@ -38,8 +39,9 @@ class RandomMix(BaseMixing):
             Defaults to `0.5`.
         num_classes: Int, needed when labels are integer class ids.
             Defaults to `None`.
-        label_smoothing: Float in `[0, 1)`, applied before mixing. Defaults
-            to `0.0`.
+        label_smoothing: Float in `[0, 1)`, applied before mixing (two
+            classes for binary targets; see `MixupLayer`). Defaults to
+            `0.0`.
         mode: `"batch"`, `"pair"` or `"elem"`: what shares one choice, one
             lambda and one box. Defaults to `"batch"`.
         probability: Float in `[0, 1]`, chance that the batch (a pair, a
@@ -49,8 +51,8 @@ class RandomMix(BaseMixing):
         minmax: Optional `(lo, hi)` with `0 < lo < hi <= 1`, CutMix side
             ratios drawn from `[lo, hi)`; see `CutMixLayer`. Defaults to
             `None`.
-        data_format: `"channels_last"` or `"channels_first"`. Defaults to
-            `keras.config.image_data_format()`.
+        data_format: `"channels_last"`, `"channels_first"` or `None`
+            (`keras.config.image_data_format()`). Defaults to `None`.
         seed: Optional non-negative int seeding the layer's
             `keras.random.SeedGenerator`. Defaults to `None`.
         **kwargs: Base layer arguments (`name`, `dtype`, ...).

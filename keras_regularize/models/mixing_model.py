@@ -38,9 +38,31 @@ class MixingModel(keras.Model):
     exactly the formula above; regularization losses are counted once.
     Metrics compare the predictions on mixed inputs with the unmixed labels.
 
-    The mixer's `label_smoothing` is applied to float labels before the loss;
-    integer labels reach the loss unchanged when it is `0`, and as smoothed
-    one-hot rows (which need `num_classes` and a categorical loss) otherwise.
+    `sample_weight` may be `(batch,)` or `(batch, 1)`; `lam` is broadcast
+    along the batch axis only, so with `probability=0` the loss equals the
+    wrapped model's.
+
+    Targets reach the loss the same way in `fit`, `evaluate` and validation:
+
+    - Integer labels with a sparse loss (its name contains "sparse", e.g.
+      `SparseCategoricalCrossentropy`) pass unchanged and need no
+      `num_classes`; ids outside `[0, outputs)` raise `ValueError` (in a
+      TensorFlow graph, TensorFlow's `InvalidArgumentError` with the same
+      message), and give a NaN loss inside a compiled JAX or XLA step.
+      `label_smoothing > 0` is refused there: smoothed targets are one-hot
+      rows, so use a categorical loss.
+    - Integer labels with any other loss become one-hot rows (smoothed by
+      the mixer's `label_smoothing`) when the mixer has `num_classes`; they
+      must match the model's number of outputs. Without `num_classes` they
+      pass unchanged (and `label_smoothing > 0` needs `num_classes`).
+    - Integer 0/1 labels of a one-unit output, and float labels, pass
+      unchanged when `label_smoothing` is `0` (the two-term loss holds for
+      any target, regression included), and otherwise follow the mixing
+      layers' label rules: binary targets `(batch,)`/`(batch, 1)` in
+      `[0, 1]` are smoothed as two classes, rows `(batch, classes)` over
+      their columns.
+
+    Metrics see the same targets without label smoothing.
 
     `evaluate`, `predict` and `model(x)` call the wrapped model without
     mixing. The wrapper saves and loads as a `.keras` file; `wrapper.model`
