@@ -289,6 +289,9 @@ class GradientClipping(OptimizerWrapper):
 
     @threshold.setter
     def threshold(self, value):
+        if value is None and self.method in DEFAULT_THRESHOLDS:
+            # `None` means "the default" only in the constructor.
+            fail("threshold", "a finite number > 0", value)
         value = _check_threshold(self.method, value)
         if value is None:
             return

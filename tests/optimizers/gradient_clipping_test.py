@@ -509,3 +509,12 @@ def test_agc_without_a_model_in_reach_warns_about_ambiguous_kernels():
 def _build_out_of_reach(opt, kernel):
     # No local here holds a layer that owns `kernel`.
     opt.build([kernel])
+
+
+def test_threshold_setter_refuses_none_and_keeps_the_old_value():
+    opt = GradientClipping(keras.optimizers.SGD(), threshold=2.0)
+    for value in (None, 0.0, float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="argument `threshold`"):
+            opt.threshold = value
+        assert opt.threshold == 2.0
+        assert float(opt.threshold_variable.numpy()) == 2.0
