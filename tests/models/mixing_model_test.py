@@ -403,3 +403,19 @@ def test_out_of_range_ids_raise_or_give_a_nan_loss(jit):
                 fresh().fit(x, labels, epochs=1, verbose=0)
             with pytest.raises(label_errors(), match=pattern):
                 fresh().evaluate(x, labels, verbose=0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(harness.BACKEND != "torch", reason="torch.compile only")
+def test_integer_labels_with_smoothing_under_torch_compile():
+    # jit_compile=True on torch is torch.compile (about a minute on CPU);
+    # the other backends run jit_compile=True in the tests above.
+    x, y = data(n=16)
+    e = 0.1
+    mixer = MixupLayer(num_classes=CLASSES, label_smoothing=e, seed=0)
+    model, history, logs = _categorical_run(mixer, True, x, y)
+    assert np.isfinite(history["loss"][0])
+    smooth = np.eye(CLASSES)[y] * (1 - e) + e / CLASSES
+    expected = _plain_ce(model, x, smooth)
+    np.testing.assert_allclose(logs["loss"], expected, rtol=1e-4)
+    np.testing.assert_allclose(history["val_loss"][0], expected, rtol=1e-4)
