@@ -45,7 +45,7 @@ CHECKPOINT = [3, True, "best.txt"]
 VERBOSE = [2, -1, True, "1", None]
 MODEL = ["model", 3, None]
 LAYER = ["layer", 3, None]
-OPTIMIZER = ["sgd", 3, None]
+OPTIMIZER = ["no-such-optimizer", 3, None]
 ARRAY = ["abc", None]
 
 
@@ -58,6 +58,10 @@ def choice(*allowed, none_ok=False):
 
 
 DATA_FORMAT = choice("channels_last", "channels_first", none_ok=True)
+
+
+# "Not passed": lets a factory tell a default from an explicit None.
+D = object()
 
 
 class Exempt:
@@ -107,8 +111,8 @@ ROWS = {
         seed=SEED,
     ),
     L + "StochasticResidual": _row(
-        lambda block=None, **kw: kr.layers.StochasticResidual(
-            keras.layers.Dense(4) if block is None else block, **kw
+        lambda block=D, **kw: kr.layers.StochasticResidual(
+            keras.layers.Dense(4) if block is D else block, **kw
         ),
         block=LAYER,
         rate=RATE,
@@ -130,8 +134,8 @@ ROWS = {
         seed=SEED,
     ),
     L + "WeightNoise": _row(
-        lambda layer=None, stddev=0.1, **kw: kr.layers.WeightNoise(
-            keras.layers.Dense(3) if layer is None else layer, stddev, **kw
+        lambda layer=D, stddev=0.1, **kw: kr.layers.WeightNoise(
+            keras.layers.Dense(3) if layer is D else layer, stddev, **kw
         ),
         layer=LAYER,
         stddev=NONNEG,
@@ -207,8 +211,8 @@ ROWS = {
         axis=AXIS,
     ),
     "keras_regularize.constraints.apply_max_norm": _row(
-        lambda model=None, **kw: kr.constraints.apply_max_norm(
-            _tiny_model() if model is None else model, **kw
+        lambda model=D, **kw: kr.constraints.apply_max_norm(
+            _tiny_model() if model is D else model, **kw
         ),
         model=MODEL,
         max_value=POSITIVE,
@@ -234,9 +238,9 @@ ROWS = {
         dtype=BASE_ARG,
     ),
     "keras_regularize.models.Distiller": _row(
-        lambda student=None, teacher=None, **kw: kr.models.Distiller(
-            _tiny_model() if student is None else student,
-            _tiny_model() if teacher is None else teacher,
+        lambda student=D, teacher=D, **kw: kr.models.Distiller(
+            _tiny_model() if student is D else student,
+            _tiny_model() if teacher is D else teacher,
             **kw,
         ),
         student=MODEL,
@@ -247,23 +251,23 @@ ROWS = {
         cache_teacher_outputs=BOOL,
     ),
     "keras_regularize.models.MixingModel": _row(
-        lambda model=None, mixer=None, **kw: kr.models.MixingModel(
-            _tiny_model() if model is None else model,
-            kr.layers.MixupLayer(num_classes=3) if mixer is None else mixer,
+        lambda model=D, mixer=D, **kw: kr.models.MixingModel(
+            _tiny_model() if model is D else model,
+            kr.layers.MixupLayer(num_classes=3) if mixer is D else mixer,
             **kw,
         ),
         model=MODEL,
         mixer=[*LAYER, keras.layers.Dense(2)],
     ),
     "keras_regularize.models.mc_predict": _row(
-        lambda model=None, x=None, samples=2, **kw: kr.models.mc_predict(
-            _mc_model() if model is None else model,
-            _x() if x is None else x,
+        lambda model=D, x=D, samples=2, **kw: kr.models.mc_predict(
+            _mc_model() if model is D else model,
+            _x() if x is D else x,
             samples=samples,
             **kw,
         ),
         model=MODEL,
-        x=["abc"],
+        x=["abc", None],
         samples=POS_INT,
         batch_size=POS_INT_OR_NONE,
         from_logits=BOOL,
@@ -271,16 +275,16 @@ ROWS = {
         strategy=choice("auto", "tile", "tile_inputs", "loop"),
     ),
     "keras_regularize.models.with_mc_dropout": _row(
-        lambda model=None, **kw: kr.models.with_mc_dropout(
-            _tiny_model() if model is None else model, **kw
+        lambda model=D, **kw: kr.models.with_mc_dropout(
+            _tiny_model() if model is D else model, **kw
         ),
         model=MODEL,
         share_weights=BOOL,
     ),
     "keras_regularize.optimizers.GradientClipping": _row(
-        lambda optimizer=None, threshold=1.0, **kw: (
+        lambda optimizer=D, threshold=1.0, **kw: (
             kr.optimizers.GradientClipping(
-                keras.optimizers.SGD() if optimizer is None else optimizer,
+                keras.optimizers.SGD() if optimizer is D else optimizer,
                 threshold=threshold,
                 **kw,
             )
@@ -294,8 +298,8 @@ ROWS = {
         name=BASE_ARG,
     ),
     "keras_regularize.optimizers.GradientNoise": _row(
-        lambda optimizer=None, **kw: kr.optimizers.GradientNoise(
-            keras.optimizers.SGD() if optimizer is None else optimizer, **kw
+        lambda optimizer=D, **kw: kr.optimizers.GradientNoise(
+            keras.optimizers.SGD() if optimizer is D else optimizer, **kw
         ),
         optimizer=OPTIMIZER,
         eta=NONNEG,

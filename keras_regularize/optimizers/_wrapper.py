@@ -14,7 +14,14 @@ def global_norm(grads):
 
 def _resolve_optimizer(optimizer):
     if isinstance(optimizer, (str, dict)):
-        optimizer = keras.optimizers.get(optimizer)
+        try:
+            optimizer = keras.optimizers.get(optimizer)
+        except ValueError:
+            fail(
+                "optimizer",
+                "a `keras.optimizers.Optimizer` instance or the name of one",
+                optimizer,
+            )
     if not isinstance(optimizer, keras.optimizers.Optimizer):
         fail("optimizer", "a `keras.optimizers.Optimizer` instance", optimizer)
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
