@@ -477,7 +477,12 @@ def _scalar_property(name, check, doc):
     """A float hyperparameter stored in a non-trainable float32 variable."""
 
     def fget(self):
-        return self._scalars.get(name)
+        # Unset reads as missing, not as None: TensorFlow's attribute
+        # tracking skips `self.x = value` when `getattr(self, "x") is value`,
+        # which let `alpha=None` past the check.
+        if name not in self._scalars:
+            raise AttributeError(name)
+        return self._scalars[name]
 
     def fset(self, value):
         self._set_scalar(name, check(name, value))

@@ -11,6 +11,7 @@ from keras import ops
 from keras_regularize._export import export
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_seed
+from keras_regularize._validation import fail
 from keras_regularize._variables import add_scalar
 
 
@@ -68,8 +69,10 @@ class WeightNoise(keras.layers.Wrapper):
         # Read variables in their stored dtype; the wrapped layer autocasts
         # them itself when it runs.
         kwargs["autocast"] = False
-        super().__init__(layer, **kwargs)
+        if not isinstance(layer, keras.layers.Layer):
+            fail("layer", "a Keras layer with a `kernel`", layer)
         stddev = check_number("stddev", stddev, 0.0)
+        super().__init__(layer, **kwargs)
         # A variable, so a callback may anneal it inside compiled steps.
         self.stddev_variable = add_scalar(self, "stddev", stddev)
         self._stddev_value = stddev
