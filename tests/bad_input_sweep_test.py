@@ -282,12 +282,10 @@ ROWS = {
         share_weights=BOOL,
     ),
     "keras_regularize.optimizers.GradientClipping": _row(
-        lambda optimizer=D, threshold=1.0, **kw: (
-            kr.optimizers.GradientClipping(
-                keras.optimizers.SGD() if optimizer is D else optimizer,
-                threshold=threshold,
-                **kw,
-            )
+        lambda optimizer=D, threshold=1.0, **kw: kr.optimizers.GradientClipping(
+            keras.optimizers.SGD() if optimizer is D else optimizer,
+            threshold=threshold,
+            **kw,
         ),
         optimizer=OPTIMIZER,
         method=choice("global_norm", "value", "agc", "auto", "none"),
