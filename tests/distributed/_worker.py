@@ -141,7 +141,9 @@ def _fit(case, rate, seed, batch_size):
     """Trains a case with EarlyStoppingRestore attached; returns a summary."""
     model, (x, y) = CASES[case](rate, seed)
     script = Script()
-    stop = kr.callbacks.EarlyStoppingRestore(monitor="score", patience=5)
+    stop = kr.callbacks.EarlyStoppingRestore(
+        monitor="score", mode="min", patience=5
+    )
     history = model.fit(
         x,
         y,
@@ -298,6 +300,7 @@ def _fault_child(directory, run, signal_fd, holder=None, epochs=10_000):
     x, y = _data(n=16)
     stop = kr.callbacks.EarlyStoppingRestore(
         monitor="score",
+        mode="min",
         patience=epochs,
         checkpoint_path=os.path.join(directory, "best.weights.h5"),
     )
@@ -545,7 +548,7 @@ def read_only(after_epoch=3):
         _drop_root()
         dropped = True
     stop = kr.callbacks.EarlyStoppingRestore(
-        monitor="score", patience=100, checkpoint_path=checkpoint
+        monitor="score", mode="min", patience=100, checkpoint_path=checkpoint
     )
     recorder = Recorder(records, 0, None, seed=3)
     chmod = MakeReadOnly(directory, after_epoch)
