@@ -62,6 +62,17 @@ def _fit_once(model, input_shape, jit_compile):
     assert np.isfinite(loss), f"non-finite loss {loss} (jit={jit_compile})"
 
 
+class AlwaysTraining(keras.Model):
+    """Calls a layer with `training=True` inside compiled predict steps."""
+
+    def __init__(self, layer):
+        super().__init__(name="always_training")
+        self.inner = layer
+
+    def call(self, inputs):
+        return self.inner(inputs, training=True)
+
+
 def jit_modes():
     """`jit_compile` values to test; torch.compile runs in slow tests."""
     return [False] if BACKEND == "torch" else [False, True]

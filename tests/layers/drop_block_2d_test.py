@@ -137,17 +137,6 @@ def test_keras_run_layer_test_cross_check():
     )
 
 
-class _AlwaysTraining(keras.Model):
-    """Calls a layer with `training=True` inside compiled predict steps."""
-
-    def __init__(self, layer):
-        super().__init__(name="always_training")
-        self.inner = layer
-
-    def call(self, inputs):
-        return self.inner(inputs, training=True)
-
-
 _SHAPES = {"channels_last": (2, 6, 5, 3), "channels_first": (2, 3, 6, 5)}
 
 
@@ -175,7 +164,7 @@ def test_empty_batch_gives_an_empty_output(data_format, jit):
     layer = DropBlock2D(0.3, 3, data_format=data_format, seed=0)
     x = np.zeros(shape, "float32")
     assert harness.to_numpy(layer(x, training=True)).shape == shape
-    model = _AlwaysTraining(layer)
+    model = harness.AlwaysTraining(layer)
     model.compile(jit_compile=jit)
     assert model.predict_on_batch(x).shape == shape
 

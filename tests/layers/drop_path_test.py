@@ -138,17 +138,6 @@ def test_keras_run_layer_test_cross_check():
     )
 
 
-class _AlwaysTraining(keras.Model):
-    """Calls a layer with `training=True` inside compiled predict steps."""
-
-    def __init__(self, layer):
-        super().__init__(name="always_training")
-        self.inner = layer
-
-    def call(self, inputs):
-        return self.inner(inputs, training=True)
-
-
 @pytest.mark.parametrize("value", ["no", "", 1, 0, None, 0.5])
 def test_scale_by_keep_takes_bools_only(value):
     with pytest.raises(
@@ -178,7 +167,7 @@ def test_empty_batch_gives_an_empty_output(mode, jit):
     layer = DropPath(0.5, mode=mode, seed=0)
     x = np.zeros((0, 3, 2), "float32")
     assert harness.to_numpy(layer(x, training=True)).shape == (0, 3, 2)
-    model = _AlwaysTraining(layer)
+    model = harness.AlwaysTraining(layer)
     model.compile(jit_compile=jit)
     assert model.predict_on_batch(x).shape == (0, 3, 2)
 

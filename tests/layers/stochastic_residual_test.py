@@ -183,17 +183,6 @@ def test_keras_run_layer_test_cross_check(mode):
     )
 
 
-class _AlwaysTraining(keras.Model):
-    """Calls a layer with `training=True` inside compiled predict steps."""
-
-    def __init__(self, layer):
-        super().__init__(name="always_training")
-        self.inner = layer
-
-    def call(self, inputs):
-        return self.inner(inputs, training=True)
-
-
 class _AddsLoss(keras.layers.Layer):
     """A block that doubles its inputs and adds `sum(outputs)` as a loss."""
 
@@ -276,7 +265,7 @@ def test_empty_batch_gives_an_empty_output(mode, jit):
     x = np.zeros((0, 3), "float32")
     for training in (True, False):
         assert harness.to_numpy(layer(x, training=training)).shape == (0, 3)
-    model = _AlwaysTraining(layer)
+    model = harness.AlwaysTraining(layer)
     model.compile(jit_compile=jit)
     assert model.predict_on_batch(x).shape == (0, 3)
 
