@@ -202,3 +202,36 @@ def replicas_in_sync():
     import tensorflow as tf
 
     return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def is_concrete_tensor(x):
+    """Whether the host can read the values of backend tensor `x` now.
+
+    False for traced values: TensorFlow graph tensors, JAX tracers, and the
+    fake or meta tensors torch uses to infer shapes and to compile.
+    """
+    cls = type(x)
+    module, name = cls.__module__, cls.__name__
+    if module.startswith("tensorflow"):
+        return name == "EagerTensor"
+    if module.startswith("jax"):
+        return "Tracer" not in name
+    if module.startswith("torch"):
+        return not getattr(x, "is_meta", False) and name not in (
+            "FakeTensor",
+            "FunctionalTensor",
+        )
+    return False
+
+
+def assert_in_graph(valid, values, name, expected, guard=None):
+    """A graph assertion naming the first bad value, for TensorFlow graphs.
+
+    `valid` from a `tf.function` or `tf.data` graph gets an assertion that
+    raises `InvalidArgumentError` with the package's message, and `guard`
+    made to wait for it. Any other tensor (traced JAX, XLA, torch.compile)
+    cannot raise on data: `guard` comes back unchanged.
+    """
+    if not type(valid).__module__.startswith("tensorflow"):
+        return guard
+    return _TFOps.assert_in_graph(valid, values, name, expected, guard)

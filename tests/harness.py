@@ -62,6 +62,25 @@ def _fit_once(model, input_shape, jit_compile):
     assert np.isfinite(loss), f"non-finite loss {loss} (jit={jit_compile})"
 
 
+def data_errors():
+    """What a bad data value (a class id out of range) may raise.
+
+    Eager code raises `ValueError`; a TensorFlow graph can only raise
+    `InvalidArgumentError`, which carries the same message.
+    """
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return (ValueError, tf.errors.InvalidArgumentError)
+    return (ValueError,)
+
+
+def assert_error_names_value(error, name, value):
+    """The error names `name` and shows `value` (eager or graph format)."""
+    text = str(error)
+    assert f"{name}={value}" in text or f"{name}=] [{value}]" in text, text
+
+
 class AlwaysTraining(keras.Model):
     """Calls a layer with `training=True` inside compiled predict steps."""
 

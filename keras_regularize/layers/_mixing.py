@@ -11,7 +11,6 @@ it with TensorFlow for `tf.data` pipelines run under another Keras backend.
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_regularize._validation import check_choice
@@ -20,6 +19,7 @@ from keras_regularize._validation import check_number
 from keras_regularize._validation import check_rate
 from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
+from keras_regularize._value_checks import require
 from keras_regularize._variables import add_scalar
 
 MODES = ("batch", "pair", "elem")
@@ -101,15 +101,7 @@ class KerasOps:
         waits for. Traced JAX or XLA code cannot raise on data: the callers
         make such values NaN.
         """
-        if _concrete(valid):
-            _raise_first_invalid(valid, values, name, expected)
-        elif keras.config.backend() == "tensorflow" and not isinstance(
-            valid, keras.KerasTensor
-        ):
-            from keras_regularize._backend import _TFOps
-
-            return _TFOps.assert_in_graph(valid, values, name, expected, guard)
-        return guard
+        return require(valid, values, name, expected, guard)
 
     def uniform(self, shape):
         return keras.random.uniform(
@@ -120,36 +112,6 @@ class KerasOps:
         return keras.random.normal(
             shape, dtype="float32", seed=self.seed_generator
         )
-
-
-def _concrete(x):
-    """Whether `x` holds values the host can read now (not a traced one)."""
-    if isinstance(x, np.ndarray):
-        return True
-    if isinstance(x, keras.KerasTensor):
-        return False
-    cls = type(x)
-    module, name = cls.__module__, cls.__name__
-    if module.startswith("tensorflow"):
-        return name == "EagerTensor"
-    if module.startswith("jax"):
-        return "Tracer" not in name
-    if module.startswith("torch"):
-        # Meta tensors are how Keras infers shapes on torch.
-        return not getattr(x, "is_meta", False) and name not in (
-            "FakeTensor",
-            "FunctionalTensor",
-        )
-    return False
-
-
-def _raise_first_invalid(valid, values, name, expected):
-    """`fail(name, expected, v)` for the first `v` of `values` not valid."""
-    ok = np.asarray(ops.convert_to_numpy(valid)).astype(bool)
-    if ok.all():
-        return
-    bad = np.broadcast_to(np.asarray(ops.convert_to_numpy(values)), ok.shape)
-    fail(name, expected, bad[~ok].flat[0].item())
 
 
 def log_gamma(xp, alpha, shape):

@@ -5,31 +5,13 @@ Paper: Rethinking the Inception Architecture for Computer Vision
 """
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
-from keras_regularize._validation import fail
-
-
-def known_values(x):
-    """`x` as a NumPy array when its values are known now, else `None`.
-
-    Values are known in eager code (NumPy, eager TensorFlow, eager torch,
-    JAX outside `jit`). They are not inside a traced step (a `jax.jit`
-    trace, a `tf.function` graph, `tf.data`, a symbolic build), where the
-    conversion raises and `None` is returned. Under `torch.compile` the
-    conversion breaks the graph and runs eagerly, so values are known.
-    """
-    try:
-        return np.asarray(ops.convert_to_numpy(x))
-    except (TypeError, RuntimeError):
-        # JAX tracers raise a TypeError; symbolic TensorFlow and meta
-        # torch tensors raise NotImplementedError (a RuntimeError).
-        return None
+from keras_regularize._value_checks import require
 
 
 def class_id_validity(labels, num_classes, name="y_true"):
@@ -37,7 +19,9 @@ def class_id_validity(labels, num_classes, name="y_true"):
 
     An id is valid when it is an integer in `[0, num_classes)`. Where the
     values are known (eager code), an invalid id raises a `ValueError`
-    naming it. Inside a traced step no data-dependent error can be raised:
+    naming it; a TensorFlow graph (`tf.function`, `tf.data`) raises
+    `InvalidArgumentError` with the same message. Inside a traced JAX or
+    XLA step no data-dependent error can be raised:
     the caller must then turn the loss of every invalid position into NaN
     with the returned mask, so a bad label never yields a finite loss. The
     returned ids are clipped into range, so gathers stay defined.
@@ -51,16 +35,11 @@ def class_id_validity(labels, num_classes, name="y_true"):
     )
     if is_float:
         valid = ops.logical_and(valid, whole)
-    known = known_values(valid)
-    if known is not None and not known.all():
-        bad = np.asarray(ops.convert_to_numpy(labels))[~known].ravel()[0]
-        bad = int(bad) if float(bad).is_integer() else float(bad)
-        fail(
-            name,
-            f"integer class indices in [0, {num_classes - 1}] "
-            f"({num_classes} classes); the first offending entry is shown",
-            bad,
-        )
+    expected = (
+        f"integer class indices in [0, {num_classes - 1}] "
+        f"({num_classes} classes); the first offending entry is shown"
+    )
+    labels = require(valid, labels, name, expected, guard=labels)
     ids = ops.cast(ops.where(valid, labels, ops.zeros_like(labels)), "int32")
     return ids, valid
 

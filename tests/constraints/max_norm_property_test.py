@@ -105,7 +105,7 @@ def _check(weights_before, weights_after, units, cap):
     np.testing.assert_allclose(after[~under], cap, rtol=1e-5)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     name=st.sampled_from(sorted(LAYERS)),
     units=st.integers(1, 4),
@@ -127,7 +127,7 @@ def test_max_norm_holds_per_unit_for_every_layer_type(
         _check(before[attr], to_numpy(getattr(layer, attr)), unit_fn, cap)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     heads=st.integers(1, 3),
     key_dim=st.integers(1, 3),

@@ -196,7 +196,7 @@ def test_non_finite_or_non_numeric_rates_are_refused(value):
     assert float(harness.to_numpy(layer.rate_variable)) == pytest.approx(0.2)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     rate=st.one_of(st.just(0.0), st.floats(0.01, 0.95)),
     batch=st.integers(1, 400),

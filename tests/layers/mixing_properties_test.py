@@ -25,7 +25,7 @@ LAYERS = {
 }
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     spatial=st.lists(st.integers(1, 9), min_size=1, max_size=3).map(tuple),
     data_format=st.sampled_from(["channels_last", "channels_first"]),
@@ -48,7 +48,7 @@ def test_cutmix_label_weight_is_exactly_the_pasted_area(
     check_exact_boxes(layer, spatial, data_format, batch=batch)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     mode=st.sampled_from(["batch", "elem"]),
     batch=st.integers(2, 64),
@@ -72,7 +72,7 @@ def test_mixing_layers_never_self_pair(kind, mode):
         assert np.all(partner != np.arange(batch)), partner
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(batch=st.integers(1, 40), seed=st.integers(0, 2**16))
 def test_pair_mode_is_an_involution_leaving_only_an_odd_one_alone(batch, seed):
     xp = _mixing.KerasOps(keras.random.SeedGenerator(seed))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from keras_regularize.losses import DistillationLoss
+from tests import harness
 from tests.harness import gradient
 from tests.harness import to_numpy
 
@@ -221,10 +222,23 @@ def test_out_of_range_hard_label_inside_a_traced_step_gives_nan():
     elif keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        value = tf.function(lambda y: loss(S, S, y))(np.array([0, -1]))
+        # XLA drops graph assertions: NaN is the only signal there.
+        step = tf.function(lambda y: loss(S, S, y), jit_compile=True)
+        value = step(np.array([0, -1]))
     else:
         pytest.skip("torch steps run eagerly: the eager error applies")
     assert np.isnan(float(to_numpy(value)))
+
+
+def test_out_of_range_hard_label_in_a_tensorflow_graph_raises_naming_it():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("TensorFlow graphs only")
+    import tensorflow as tf
+
+    loss = DistillationLoss()
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        tf.function(lambda y: loss(S, S, y))(np.array([0, -1]))
+    harness.assert_error_names_value(info.value, "labels", -1)
 
 
 def test_empty_batch_gives_zero():
