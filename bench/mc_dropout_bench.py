@@ -6,7 +6,7 @@ today: a Python loop of 30 `model(x, training=True)` calls (which also puts
 batch normalization in training mode). `mc_predict` runs on the same model
 converted by `with_mc_dropout` (weights shared) and returns the statistics,
 not just the samples; its chunking strategies are timed side by side to
-pick `AUTO_STRATEGY` and `DEFAULT_ROWS_PER_PASS`.
+pick `mc_predict`'s "auto" strategy and `_backend.MC_ROWS_PER_PASS`.
 """
 
 import importlib
@@ -21,6 +21,7 @@ from _harness import sync
 from _harness import write_table
 
 import keras_regularize
+from keras_regularize._backend import MC_ROWS_PER_PASS
 
 # The module, not the function of the same name that the package exports.
 mc_module = importlib.import_module("keras_regularize.models.mc_predict")
@@ -67,13 +68,13 @@ def main():
         return run
 
     mc_predict = keras_regularize.models.mc_predict
-    default_strategy = mc_module.AUTO_STRATEGY[BACKEND]
+    default_strategy = "tile"
     total = INPUTS * SAMPLES
     candidates = [
         ("loop of `model(x, training=True)` (baseline)", loop),
         (
             f"`mc_predict` defaults ({default_strategy}, "
-            f"{mc_module.DEFAULT_ROWS_PER_PASS[BACKEND]:,} rows/pass)",
+            f"{MC_ROWS_PER_PASS[BACKEND]:,} rows/pass)",
             mc("auto"),
         ),
     ]

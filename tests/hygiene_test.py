@@ -75,3 +75,55 @@ def test_one_public_class_per_file():
 
 def test_version_comes_from_the_distribution():
     assert keras_regularize.__version__ != "0+unknown"
+
+
+def _is_backend_name_call(node):
+    """`keras.config.backend()` or `keras.backend.backend()`."""
+    return (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "backend"
+        and not node.args
+    )
+
+
+def _backend_decisions(tree):
+    """Lines that compare the backend's name or look it up in a table."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(_is_backend_name_call(s) for s in sides):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and any(
+            _is_backend_name_call(a) for a in node.args
+        ):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and _is_backend_name_call(
+            node.slice
+        ):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_backend_decisions_live_in_backend_module_only():
+    """Callers ask `_backend` a named question, never compare its name."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.name == "_backend.py":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        found += [
+            f"{path.relative_to(ROOT)}:{n}" for n in _backend_decisions(tree)
+        ]
+    assert not found, f"backend-name decisions outside _backend.py: {found}"
+
+
+def test_backend_decision_scan_catches_each_form():
+    source = (
+        "a = keras.config.backend() == 'torch'\n"
+        "b = TABLE.get(keras.backend.backend(), 1)\n"
+        "c = TABLE[keras.config.backend()]\n"
+        "d = f'{keras.backend.backend()}'\n"
+    )
+    assert _backend_decisions(ast.parse(source)) == [1, 2, 3]

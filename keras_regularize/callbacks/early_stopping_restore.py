@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regularize import _backend
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
@@ -52,13 +53,8 @@ def _finite_or_none(name, value):
     return check_number(name, value)
 
 
-def _snapshot_kind():
-    """How best weights are kept on this backend and device (see below)."""
-    if keras.backend.backend() != "jax":
-        return "variable"
-    devices = keras.distribution.list_devices()
-    on_cpu = all(str(d).lower().startswith("cpu") for d in devices)
-    return "host" if on_cpu else "copy"
+# How best weights are kept on this backend and device (see below).
+_snapshot_kind = _backend.weight_snapshot_kind
 
 
 def _name_direction(monitor):

@@ -13,6 +13,7 @@ it with TensorFlow for `tf.data` pipelines run under another Keras backend.
 import keras
 from keras import ops
 
+from keras_regularize import _backend
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
@@ -85,11 +86,7 @@ class KerasOps:
     @staticmethod
     def blend(x, x_partner, w):
         """`w * x + (1 - w) * x_partner`, exact for `w` in `{0, 1}`."""
-        if keras.config.backend() == "torch":
-            from keras_regularize import _backend
-
-            return _backend.torch_lerp(x_partner, x, w)
-        return x * w + x_partner * (1.0 - w)
+        return _backend.blend(x, x_partner, w)
 
     @staticmethod
     def require(valid, values, name, expected, guard=None):
@@ -431,10 +428,6 @@ def mix_labels(xp, labels, lam, partner):
     return labels * w + xp.take(labels, partner) * (1.0 - w)
 
 
-def _is_tf_tensor(value):
-    return type(value).__module__.startswith("tensorflow")
-
-
 def _scalar_property(name, check, doc):
     """A float hyperparameter stored in a non-trainable float32 variable."""
 
@@ -577,13 +570,9 @@ class BaseMixing(keras.layers.Layer):
         )
 
     def __call__(self, *args, **kwargs):
-        if keras.config.backend() != "tensorflow" and any(
-            _is_tf_tensor(v) for v in keras.tree.flatten((args, kwargs))
-        ):
+        if _backend.is_foreign_tf_data((args, kwargs)):
             # A `tf.data` pipeline under the jax or torch backend: run the
             # same maths with TensorFlow operations (see `_backend`).
-            from keras_regularize import _backend
-
             return self._mix_structure(
                 _backend.tf_mixing_ops(self), *args, **kwargs
             )

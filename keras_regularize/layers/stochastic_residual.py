@@ -10,6 +10,7 @@ import math
 import keras
 from keras import ops
 
+from keras_regularize import _backend
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
@@ -152,7 +153,7 @@ class StochasticResidual(RateLayer):
         keep_prob = self._keep_prob()
         u = keras.random.uniform((), dtype="float32", seed=self.seed_generator)
         keep = u < keep_prob
-        if keras.config.backend() == "torch":
+        if _backend.steps_run_eagerly():
             return self._call_batch_eager(inputs, keep, keep_prob)
         trainable = self.block.trainable_variables
         stateful = self.block.non_trainable_variables

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_regularize import _backend
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
@@ -20,14 +21,9 @@ from keras_regularize.layers.mc_dropout import MCDropout
 
 STRATEGIES = ("auto", "tile", "tile_inputs", "loop")
 
-# Rows (inputs x samples) per forward pass when `batch_size` is not given,
-# per backend: the fastest measured setting of bench/mc_dropout_bench.py
-# (784-512-512-10 MLP, 30 samples) on an idle 2-core CPU. Accelerators
-# likely prefer larger chunks (pass `batch_size`); not measured here.
-DEFAULT_ROWS_PER_PASS = {"jax": 1024, "tensorflow": 4096, "torch": 4096}
-
-# What `strategy="auto"` picks per backend, from bench/mc_dropout_bench.py.
-AUTO_STRATEGY = {"jax": "tile", "tensorflow": "tile", "torch": "tile"}
+# `strategy="auto"` is "tile" on every backend (the fastest measured in
+# bench/mc_dropout_bench.py); rows per pass come from
+# `_backend.mc_rows_per_pass()`, measured by the same benchmark.
 
 _CACHE_ATTRIBUTE = "_keras_regularize_mc_cache"
 
@@ -343,7 +339,7 @@ def mc_predict(
       batch (`noise_shape` with batch size 1), since tiled copies of an
       input would then share their masks.
     - `strategy="auto"` (the default) picks per backend from the
-      measurements in `bench/mc_dropout_bench.py` (`AUTO_STRATEGY`).
+      measurements in `bench/mc_dropout_bench.py`.
 
     All strategies assume layers treat batch rows independently at
     inference, as Keras layers do.
@@ -364,7 +360,7 @@ def mc_predict(
             then holds at most `batch_size * samples` rows, which bounds
             memory (the `"loop"` strategy holds `batch_size` rows).
             Defaults to `ceil(rows / samples)` with `rows` 1,024 on JAX and
-            4,096 on TensorFlow and torch (`DEFAULT_ROWS_PER_PASS`).
+            4,096 on TensorFlow and torch (`_backend.MC_ROWS_PER_PASS`).
         from_logits: Python bool. Whether the model outputs logits, turned into
             probabilities (softmax, or sigmoid for one unit) before
             averaging. Defaults to `False`.
@@ -422,9 +418,9 @@ def mc_predict(
     if any(layer.shares_mask_over_batch() for layer in stochastic):
         strategy = "loop"
     elif strategy == "auto":
-        strategy = AUTO_STRATEGY.get(keras.backend.backend(), "tile")
+        strategy = "tile"
     if batch_size is None:
-        rows = DEFAULT_ROWS_PER_PASS.get(keras.backend.backend(), 1024)
+        rows = _backend.mc_rows_per_pass()
         batch_size = max(1, math.ceil(rows / samples))
 
     n = _num_rows(x)
