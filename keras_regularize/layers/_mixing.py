@@ -21,7 +21,7 @@ from keras_regularize._validation import check_rate
 from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
 from keras_regularize._value_checks import require
-from keras_regularize._variables import add_scalar
+from keras_regularize._variables import ScalarVariable
 
 MODES = ("batch", "pair", "elem")
 
@@ -428,23 +428,6 @@ def mix_labels(xp, labels, lam, partner):
     return labels * w + xp.take(labels, partner) * (1.0 - w)
 
 
-def _scalar_property(name, check, doc):
-    """A float hyperparameter stored in a non-trainable float32 variable."""
-
-    def fget(self):
-        # Unset reads as missing, not as None: TensorFlow's attribute
-        # tracking skips `self.x = value` when `getattr(self, "x") is value`,
-        # which let `alpha=None` past the check.
-        if name not in self._scalars:
-            raise AttributeError(name)
-        return self._scalars[name]
-
-    def fset(self, value):
-        self._set_scalar(name, check(name, value))
-
-    return property(fget, fset, doc=doc)
-
-
 def check_alpha(name, value):
     return check_number(name, value, 0.0, low_open=True)
 
@@ -495,7 +478,6 @@ class BaseMixing(keras.layers.Layer):
         self.num_classes = num_classes
         self.label_smoothing = check_rate("label_smoothing", label_smoothing)
         self.mode = check_choice("mode", mode, MODES)
-        self._scalars = {}
         self.probability = probability
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -504,19 +486,10 @@ class BaseMixing(keras.layers.Layer):
         # Every variable exists now; nothing depends on the input shape.
         self.built = True
 
-    probability = _scalar_property(
-        "probability",
+    probability = ScalarVariable(
         check_probability,
         "Chance that a batch (or a sample, or a pair) is mixed at all.",
     )
-
-    def _set_scalar(self, name, value):
-        attribute = f"{name}_variable"
-        if hasattr(self, attribute):
-            getattr(self, attribute).assign(value)
-        else:
-            setattr(self, attribute, add_scalar(self, name, value))
-        self._scalars[name] = value
 
     def _axes(self, images):
         rank = len(images.shape)

@@ -3,7 +3,8 @@
 import keras
 
 from keras_regularize._validation import check_rate
-from keras_regularize._variables import add_scalar
+from keras_regularize._variables import ScalarVariable
+from keras_regularize._variables import read_scalar
 
 
 class RateLayer(keras.layers.Layer):
@@ -15,26 +16,14 @@ class RateLayer(keras.layers.Layer):
     Python float would have been frozen into the compiled graph.
     """
 
+    rate = ScalarVariable(
+        check_rate, "The current drop probability, as a Python float."
+    )
+
     def __init__(self, rate, **kwargs):
         super().__init__(**kwargs)
-        rate = check_rate("rate", rate)
-        self.rate_variable = add_scalar(self, "rate", rate)
-        # Mirrors the variable on the host so `get_config` needs no device
-        # read; kept in sync by the setter.
-        self._rate_value = rate
-
-    @property
-    def rate(self):
-        """The current drop probability, as a Python float."""
-        return self._rate_value
-
-    @rate.setter
-    def rate(self, value):
-        value = check_rate("rate", value)
-        self.rate_variable.assign(value)
-        self._rate_value = value
+        self.rate = rate
 
     def _keep_prob(self):
         """`1 - rate` as a float32 tensor read from the variable."""
-        rate = keras.ops.convert_to_tensor(self.rate_variable, "float32")
-        return 1.0 - rate
+        return 1.0 - read_scalar(self, "rate")

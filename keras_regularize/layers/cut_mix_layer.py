@@ -3,8 +3,8 @@
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_data_format
+from keras_regularize._variables import ScalarVariable
 from keras_regularize.layers._mixing import BaseMixing
-from keras_regularize.layers._mixing import _scalar_property
 from keras_regularize.layers._mixing import check_alpha
 from keras_regularize.layers._mixing import check_minmax
 from keras_regularize.layers._mixing import mix_batch
@@ -112,9 +112,7 @@ class CutMixLayer(BaseMixing):
         self.minmax = check_minmax("minmax", minmax)
         self.data_format = check_data_format("data_format", data_format)
 
-    alpha = _scalar_property(
-        "alpha", check_alpha, "The Beta(alpha, alpha) parameter."
-    )
+    alpha = ScalarVariable(check_alpha, "The Beta(alpha, alpha) parameter.")
 
     def _mix(self, xp, images):
         return mix_batch(

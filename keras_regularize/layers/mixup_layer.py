@@ -1,8 +1,8 @@
 """MixUp that mixes images and labels with one lambda and one partner."""
 
 from keras_regularize._export import export
+from keras_regularize._variables import ScalarVariable
 from keras_regularize.layers._mixing import BaseMixing
-from keras_regularize.layers._mixing import _scalar_property
 from keras_regularize.layers._mixing import check_alpha
 from keras_regularize.layers._mixing import mix_batch
 
@@ -120,9 +120,7 @@ class MixupLayer(BaseMixing):
         )
         self.alpha = alpha
 
-    alpha = _scalar_property(
-        "alpha", check_alpha, "The Beta(alpha, alpha) parameter."
-    )
+    alpha = ScalarVariable(check_alpha, "The Beta(alpha, alpha) parameter.")
 
     def _mix(self, xp, images):
         return mix_batch(

@@ -3,8 +3,8 @@
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_data_format
+from keras_regularize._variables import ScalarVariable
 from keras_regularize.layers._mixing import BaseMixing
-from keras_regularize.layers._mixing import _scalar_property
 from keras_regularize.layers._mixing import check_alpha
 from keras_regularize.layers._mixing import check_minmax
 from keras_regularize.layers._mixing import check_probability
@@ -111,14 +111,10 @@ class RandomMix(BaseMixing):
         self.minmax = check_minmax("minmax", minmax)
         self.data_format = check_data_format("data_format", data_format)
 
-    mixup_alpha = _scalar_property(
-        "mixup_alpha", check_alpha, "MixUp's Beta parameter."
-    )
-    cutmix_alpha = _scalar_property(
-        "cutmix_alpha", check_alpha, "CutMix's Beta parameter."
-    )
-    switch_prob = _scalar_property(
-        "switch_prob", check_probability, "Chance of CutMix over MixUp."
+    mixup_alpha = ScalarVariable(check_alpha, "MixUp's Beta parameter.")
+    cutmix_alpha = ScalarVariable(check_alpha, "CutMix's Beta parameter.")
+    switch_prob = ScalarVariable(
+        check_probability, "Chance of CutMix over MixUp."
     )
 
     def _mix(self, xp, images):

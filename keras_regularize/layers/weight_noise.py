@@ -12,7 +12,11 @@ from keras_regularize._export import export
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
-from keras_regularize._variables import add_scalar
+from keras_regularize._variables import ScalarVariable
+
+
+def check_stddev(name, value):
+    return check_number(name, value, 0.0)
 
 
 @export("keras_regularize.layers.WeightNoise")
@@ -71,26 +75,18 @@ class WeightNoise(keras.layers.Wrapper):
         kwargs["autocast"] = False
         if not isinstance(layer, keras.layers.Layer):
             fail("layer", "a Keras layer with a `kernel`", layer)
-        stddev = check_number("stddev", stddev, 0.0)
+        check_stddev("stddev", stddev)
         super().__init__(layer, **kwargs)
         # A variable, so a callback may anneal it inside compiled steps.
-        self.stddev_variable = add_scalar(self, "stddev", stddev)
-        self._stddev_value = stddev
+        self.stddev = stddev
         self.seed = check_seed("seed", seed)
         self.seed_generator = keras.random.SeedGenerator(seed)
         if self.layer.built:
             self._kernel()
 
-    @property
-    def stddev(self):
-        """The current noise standard deviation, as a Python float."""
-        return self._stddev_value
-
-    @stddev.setter
-    def stddev(self, value):
-        value = check_number("stddev", value, 0.0)
-        self.stddev_variable.assign(value)
-        self._stddev_value = value
+    stddev = ScalarVariable(
+        check_stddev, "The current noise standard deviation, a Python float."
+    )
 
     def _kernel(self):
         kernel = getattr(self.layer, "kernel", None)

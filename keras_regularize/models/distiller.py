@@ -9,7 +9,7 @@ from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_number
 from keras_regularize._validation import fail
-from keras_regularize._variables import add_scalar
+from keras_regularize._variables import ScalarVariable
 from keras_regularize.losses.distillation_loss import check_outputs
 from keras_regularize.losses.distillation_loss import cross_entropy_per_sample
 from keras_regularize.losses.distillation_loss import kl_per_sample
@@ -39,6 +39,14 @@ def _is_in_memory(x):
     return bool(leaves) and all(
         isinstance(leaf, np.ndarray) or ops.is_tensor(leaf) for leaf in leaves
     )
+
+
+def check_temperature(name, value):
+    return check_number(name, value, 0.0, low_open=True)
+
+
+def check_alpha(name, value):
+    return check_number(name, value, 0.0, 1.0)
 
 
 @export("keras_regularize.models.Distiller")
@@ -139,10 +147,8 @@ class Distiller(keras.Model):
                     f"the student model '{student.name}'",
                 )
         checked = self._check_shapes(student, teachers)
-        temperature = check_number(
-            "temperature", temperature, 0.0, low_open=True
-        )
-        alpha = check_number("alpha", alpha, 0.0, 1.0)
+        check_temperature("temperature", temperature)
+        check_alpha("alpha", alpha)
         from_logits = check_bool("from_logits", from_logits)
         cache_teacher_outputs = check_bool(
             "cache_teacher_outputs", cache_teacher_outputs
@@ -154,10 +160,8 @@ class Distiller(keras.Model):
             t.trainable = False
         self.from_logits = from_logits
         self.cache_teacher_outputs = cache_teacher_outputs
-        self.temperature_variable = add_scalar(self, "temperature", temperature)
-        self.alpha_variable = add_scalar(self, "alpha", alpha)
-        self._temperature_value = temperature
-        self._alpha_value = alpha
+        self.temperature = temperature
+        self.alpha = alpha
         self.student_loss_tracker = keras.metrics.Mean(name="student_loss")
         self.distillation_loss_tracker = keras.metrics.Mean(
             name="distillation_loss"
@@ -221,27 +225,13 @@ class Distiller(keras.Model):
         """The teacher model, or the list of teachers of an ensemble."""
         return self.teachers[0] if len(self.teachers) == 1 else self.teachers
 
-    @property
-    def temperature(self):
-        """The current temperature, as a Python float."""
-        return self._temperature_value
-
-    @temperature.setter
-    def temperature(self, value):
-        value = check_number("temperature", value, 0.0, low_open=True)
-        self.temperature_variable.assign(value)
-        self._temperature_value = value
-
-    @property
-    def alpha(self):
-        """The current weight of the distillation term, as a Python float."""
-        return self._alpha_value
-
-    @alpha.setter
-    def alpha(self, value):
-        value = check_number("alpha", value, 0.0, 1.0)
-        self.alpha_variable.assign(value)
-        self._alpha_value = value
+    temperature = ScalarVariable(
+        check_temperature, "The current temperature, as a Python float."
+    )
+    alpha = ScalarVariable(
+        check_alpha,
+        "The current weight of the distillation term, as a Python float.",
+    )
 
     @classmethod
     def self_distill(cls, model, **kwargs):

@@ -17,6 +17,7 @@ from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import fail
+from keras_regularize._variables import ScalarVariable
 from keras_regularize.constraints.apply_max_norm import TRANSPOSED_CONVS
 from keras_regularize.constraints.apply_max_norm import kernel_units
 from keras_regularize.constraints.apply_max_norm import sublayers
@@ -39,6 +40,13 @@ def _check_threshold(method, threshold):
     if threshold is None:
         return DEFAULT_THRESHOLDS[method]
     return check_number("threshold", threshold, low=0.0, low_open=True)
+
+
+def _checked_threshold(optimizer, name, value):
+    """The setter's check: `None` means "the default" only in `__init__`."""
+    if optimizer.method in DEFAULT_THRESHOLDS:
+        return check_number(name, value, low=0.0, low_open=True)
+    return _check_threshold(optimizer.method, value)
 
 
 def _whole(rank):
@@ -225,11 +233,8 @@ class GradientClipping(OptimizerWrapper):
         self.percentile = percentile
         self.history_size = history_size
         self.epsilon = epsilon
-        self._threshold_value = threshold
         self._agc_axes = {}
-        self.threshold_variable = self._add_state(
-            "threshold", value=1.0 if threshold is None else threshold
-        )
+        self.threshold = threshold
         self.gradient_norm = self._add_state("gradient_norm")
         self.norm_sum = self._add_state("norm_sum")
         self.norm_max = self._add_state("norm_max")
@@ -282,21 +287,12 @@ class GradientClipping(OptimizerWrapper):
             fail("model", "a `keras.Model` or `keras.layers.Layer`", model)
         self._agc_axes = layer_unit_axes(model)
 
-    @property
-    def threshold(self):
-        """The clipping threshold as a Python float (`None` for auto/none)."""
-        return self._threshold_value
-
-    @threshold.setter
-    def threshold(self, value):
-        if value is None and self.method in DEFAULT_THRESHOLDS:
-            # `None` means "the default" only in the constructor.
-            fail("threshold", "a finite number > 0", value)
-        value = _check_threshold(self.method, value)
-        if value is None:
-            return
-        self.threshold_variable.assign(value)
-        self._threshold_value = value
+    threshold = ScalarVariable(
+        _checked_threshold,
+        "The clipping threshold as a Python float (`None` for auto/none).",
+        unset=1.0,
+        bind=True,
+    )
 
     def reset_statistics(self):
         """Zeroes the norm sum and maximum and the step and clip counts."""

@@ -10,7 +10,12 @@ from keras import ops
 from keras_regularize._export import export
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_seed
+from keras_regularize._variables import ScalarVariable
 from keras_regularize.optimizers._wrapper import OptimizerWrapper
+
+
+def check_eta(name, value):
+    return check_number(name, value, low=0.0)
 
 
 @export("keras_regularize.optimizers.GradientNoise")
@@ -55,7 +60,7 @@ class GradientNoise(OptimizerWrapper):
     """
 
     def __init__(self, optimizer, eta=0.01, gamma=0.55, seed=None, name=None):
-        eta = check_number("eta", eta, low=0.0)
+        check_eta("eta", eta)
         gamma = check_number("gamma", gamma, low=0.0)
         seed = check_seed("seed", seed)
         super().__init__(optimizer, name=name)
@@ -65,19 +70,11 @@ class GradientNoise(OptimizerWrapper):
         # Listed among the optimizer variables, so stateless (JAX) steps
         # carry the RNG state and `.keras` files restore it.
         self._track_variable(self.seed_generator.state)
-        self.eta_variable = self._add_state("eta", value=eta)
-        self._eta_value = eta
+        self.eta = eta
 
-    @property
-    def eta(self):
-        """The noise variance at step 0, as a Python float."""
-        return self._eta_value
-
-    @eta.setter
-    def eta(self, value):
-        value = check_number("eta", value, low=0.0)
-        self.eta_variable.assign(value)
-        self._eta_value = value
+    eta = ScalarVariable(
+        check_eta, "The noise variance at step 0, as a Python float."
+    )
 
     def noise_stddev(self):
         """The standard deviation of the noise at the current step."""
