@@ -21,6 +21,19 @@ def fail(name, expected, value):
     )
 
 
+def fail_shape(name, expected, shape):
+    """Raises the package's one input-shape error for tensor `name`.
+
+    `expected` says what shape was wanted ("a rank-4 tensor (batch, height,
+    width, channels)"); `shape` is the received shape, printed as a tuple.
+    """
+    shape = tuple(None if d is None else int(d) for d in shape)
+    raise ValueError(
+        f"Invalid shape received for argument `{name}`. Expected {expected}. "
+        f"Received: {name}.shape={shape}"
+    )
+
+
 def _describe_range(low, high, low_open, high_open, allow_inf):
     kind = "a number" if allow_inf else "a finite number"
     if low is None and high is None:
