@@ -303,3 +303,15 @@ MC_ROWS_PER_PASS = {"jax": 1024, "tensorflow": 4096, "torch": 4096}
 def mc_rows_per_pass():
     """Default rows per tiled pass of `mc_predict` on this backend."""
     return MC_ROWS_PER_PASS.get(_name(), 1024)
+
+
+def sync_model_state(model):
+    """Writes a running `fit`'s live weights back into `model`'s variables.
+
+    JAX's trainer keeps the state outside the variables during an epoch
+    (`jax_state_sync`); the other trainers update the variables in place,
+    so there is nothing to do.
+    """
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()

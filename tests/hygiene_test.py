@@ -87,11 +87,26 @@ def _is_backend_name_call(node):
     )
 
 
+# Attributes only one backend's trainer has: duck typing on them is a backend
+# decision too, so only `_backend.py` may name them.
+BACKEND_ONLY_ATTRIBUTES = {"jax_state_sync", "_jax_state_synced"}
+
+
+def _names_backend_only_attribute(node):
+    if isinstance(node, ast.Attribute):
+        return node.attr in BACKEND_ONLY_ATTRIBUTES
+    return isinstance(node, ast.Constant) and (
+        node.value in BACKEND_ONLY_ATTRIBUTES
+    )
+
+
 def _backend_decisions(tree):
     """Lines that compare the backend's name or look it up in a table."""
     lines = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Compare):
+        if _names_backend_only_attribute(node):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Compare):
             sides = [node.left, *node.comparators]
             if any(_is_backend_name_call(s) for s in sides):
                 lines.append(node.lineno)
@@ -125,5 +140,7 @@ def test_backend_decision_scan_catches_each_form():
         "b = TABLE.get(keras.backend.backend(), 1)\n"
         "c = TABLE[keras.config.backend()]\n"
         "d = f'{keras.backend.backend()}'\n"
+        "e = getattr(model, 'jax_state_sync', None)\n"
+        "model.jax_state_sync()\n"
     )
-    assert _backend_decisions(ast.parse(source)) == [1, 2, 3]
+    assert _backend_decisions(ast.parse(source)) == [1, 2, 3, 5, 6]

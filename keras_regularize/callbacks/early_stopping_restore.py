@@ -12,6 +12,7 @@ import numpy as np
 from keras import ops
 
 from keras_regularize import _backend
+from keras_regularize._backend import sync_model_state
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
@@ -597,9 +598,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             # JAX keeps the live weights outside the variables during an
             # epoch; write them back first so `fit`'s own clean-up does not
             # overwrite the restored weights afterwards.
-            sync = getattr(self.model, "jax_state_sync", None)
-            if sync is not None:
-                sync()
+            sync_model_state(self.model)
             self.restore()
 
     def _live_in(self, model):

@@ -2,6 +2,7 @@
 
 import keras
 
+from keras_regularize._backend import sync_model_state
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize.optimizers.gradient_clipping import GradientClipping
@@ -78,9 +79,7 @@ class GradientNormLogger(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not self.per_batch or logs is None:
             return
-        sync = getattr(self.model, "jax_state_sync", None)
-        if sync is not None:
-            sync()
+        sync_model_state(self.model)
         logs["grad_norm"] = self._clipping.norm_statistics()["grad_norm"]
 
     def on_epoch_end(self, epoch, logs=None):
