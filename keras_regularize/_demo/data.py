@@ -29,3 +29,23 @@ def load_digits_split(val_fraction=VAL_FRACTION):
 def digit_images(x):
     """(N, 64) -> (N, 8, 8) for plotting."""
     return np.asarray(x).reshape(-1, 8, 8)
+
+
+def mlp(name, seed, hidden, dropout=0.0, input_noise=0.0, input_dim=64):
+    """A ReLU MLP over flattened digits with 10 logits, seeded first.
+
+    `hidden` lists the widths; `dropout` follows every hidden layer and
+    `input_noise` (a Gaussian standard deviation) comes first, when set.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    layers = [keras.Input((input_dim,))]
+    if input_noise:
+        layers.append(keras.layers.GaussianNoise(input_noise, seed=seed))
+    for width in hidden:
+        layers.append(keras.layers.Dense(width, activation="relu"))
+        if dropout:
+            layers.append(keras.layers.Dropout(dropout))
+    layers.append(keras.layers.Dense(10))
+    return keras.Sequential(layers, name=name)

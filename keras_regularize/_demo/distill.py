@@ -20,32 +20,14 @@ ALPHA = 0.7
 
 def build_teacher(seed, input_dim=64):
     """A wide two-layer network with input noise and dropout (~300k weights)."""
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
-            keras.layers.GaussianNoise(0.3, seed=seed),
-            keras.layers.Dense(512, activation="relu"),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(512, activation="relu"),
-            keras.layers.Dropout(0.3),
-            keras.layers.Dense(10),
-        ],
-        name="teacher",
+    return data.mlp(
+        "teacher", seed, (512, 512), 0.3, input_noise=0.3, input_dim=input_dim
     )
 
 
 def build_student(seed, input_dim=64):
     """One hidden layer (~19k weights, 16x fewer than the teacher)."""
-    keras.utils.set_random_seed(seed + 1000)
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(10),
-        ],
-        name="student",
-    )
+    return data.mlp("student", seed + 1000, (256,), input_dim=input_dim)
 
 
 def _loss():

@@ -18,18 +18,7 @@ SHOWN = 16
 
 
 def build_network(seed, input_dim=64):
-    keras.utils.set_random_seed(seed)
-    return keras.Sequential(
-        [
-            keras.Input((input_dim,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dropout(DROPOUT),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dropout(DROPOUT),
-            keras.layers.Dense(10),
-        ],
-        name="digits_mc",
-    )
+    return data.mlp("digits_mc", seed, (256, 256), DROPOUT, input_dim=input_dim)
 
 
 def coverage_accuracy(correct, entropy, fraction):
