@@ -1,7 +1,7 @@
 """Weight constraints."""
 
-from keras_regularize.constraints.apply_max_norm import apply_max_norm
 from keras_regularize.constraints.max_norm import MaxNorm
+from keras_regularize.constraints.max_norm import apply_max_norm
 
 __all__ = [
     "MaxNorm",

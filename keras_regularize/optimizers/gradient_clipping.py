@@ -13,14 +13,14 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._layer_walk import walk_layers
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import fail
 from keras_regularize._variables import ScalarVariable
-from keras_regularize.constraints.apply_max_norm import TRANSPOSED_CONVS
-from keras_regularize.constraints.apply_max_norm import kernel_units
-from keras_regularize.constraints.apply_max_norm import sublayers
+from keras_regularize.constraints._kernel_layout import TRANSPOSED_CONVS
+from keras_regularize.constraints._kernel_layout import kernel_units
 from keras_regularize.optimizers._wrapper import OptimizerWrapper
 from keras_regularize.optimizers._wrapper import global_norm
 
@@ -84,7 +84,7 @@ def layer_unit_axes(model):
     channel, which is Keras's last axis.
     """
     axes = {}
-    for layer in sublayers(model):
+    for layer in walk_layers(model):
         slots = kernel_units(layer)
         if slots is None or not layer.built:
             continue
