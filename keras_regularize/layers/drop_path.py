@@ -1,4 +1,4 @@
-"""Per-sample or per-batch stochastic depth ("drop path") for residual branches.
+"""Stochastic depth ("drop path") for residual branches, and its rate schedule.
 
 Papers: Deep Networks with Stochastic Depth (https://arxiv.org/abs/1603.09382);
 FractalNet (https://arxiv.org/abs/1605.07648), which named "drop-path".
@@ -11,6 +11,8 @@ from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_input_dtype
+from keras_regularize._validation import check_int
+from keras_regularize._validation import check_rate
 from keras_regularize._validation import check_seed
 from keras_regularize.layers._rate import RateLayer
 
@@ -32,7 +34,7 @@ def keep_mask(inputs, keep_prob, mode, seed_generator):
     return ops.cast(u < keep_prob, inputs.dtype)
 
 
-def drop_path(inputs, keep_prob, mode, scale_by_keep, seed_generator):
+def drop_branch(inputs, keep_prob, mode, scale_by_keep, seed_generator):
     """Zeroes whole samples (or the whole batch) of a residual branch."""
     mask = keep_mask(inputs, keep_prob, mode, seed_generator)
     if scale_by_keep:
@@ -73,13 +75,14 @@ class DropPath(RateLayer):
 
     Example:
 
-    >>> layer = keras_regularize.layers.DropPath(rate=0.5, seed=0)
-    >>> y = layer(keras.ops.ones((8, 4)), training=True)
-    >>> sorted(set(keras.ops.convert_to_numpy(y).ravel().tolist())) in (
-    ...     [0.0], [2.0], [0.0, 2.0])
-    True
-    >>> tuple(layer(keras.ops.ones((8, 4)), training=False).shape)
-    (8, 4)
+    >>> inputs = keras.Input((16,))
+    >>> branch = keras.layers.Dense(16)(inputs)
+    >>> outputs = inputs + keras_regularize.layers.DropPath(rate=0.1)(branch)
+    >>> model = keras.Model(inputs, outputs)
+    >>> layer = keras_regularize.layers.DropPath(rate=0.5)
+    >>> keras.ops.convert_to_numpy(layer(np.ones((2, 3), "float32")))
+    array([[1., 1., 1.],
+           [1., 1., 1.]], dtype=float32)
 
     References:
         - [Huang et al., 2016](https://arxiv.org/abs/1603.09382)
@@ -108,7 +111,7 @@ class DropPath(RateLayer):
         check_input_dtype("DropPath", inputs)
         if not training:
             return inputs
-        return drop_path(
+        return drop_branch(
             inputs,
             self._keep_prob(),
             self.mode,
@@ -133,3 +136,62 @@ class DropPath(RateLayer):
             "scale_by_keep": self.scale_by_keep,
             "seed": self.seed,
         }
+
+
+@export("keras_regularize.layers.drop_path_rates")
+def drop_path_rates(num_blocks, max_rate, stages=None):
+    """Linearly increasing drop rates, 0 for the first block to `max_rate`.
+
+    Block `i` of `n` gets `max_rate * i / (n - 1)` (a single block gets 0, as
+    with `numpy.linspace`). With `stages`, the same schedule over all blocks
+    is split into one list per stage.
+
+    Args:
+        num_blocks: Int >= 0. Total number of residual blocks.
+        max_rate: Float in `[0, 1)`. Rate of the last block.
+        stages: Optional list of non-negative ints, the blocks per stage;
+            must sum to `num_blocks`. Defaults to `None`.
+
+    Returns:
+        A list of `num_blocks` floats, or with `stages` a list of lists.
+
+    Example:
+
+    >>> keras_regularize.layers.drop_path_rates(5, 0.2)
+    [0.0, 0.05, 0.1, 0.15, 0.2]
+    >>> keras_regularize.layers.drop_path_rates(4, 0.3, stages=[1, 3])
+    [[0.0], [0.1, 0.2, 0.3]]
+
+    References:
+        - [Huang et al., 2016](https://arxiv.org/abs/1603.09382)
+    """
+    num_blocks = check_int("num_blocks", num_blocks, 0)
+    max_rate = check_rate("max_rate", max_rate)
+    if num_blocks <= 1:
+        rates = [0.0] * num_blocks
+    else:
+        # round() trims float noise such as 0.15000000000000002.
+        rates = [
+            round(max_rate * i / (num_blocks - 1), 12)
+            for i in range(num_blocks)
+        ]
+    if stages is None:
+        return rates
+    if not isinstance(stages, (list, tuple)) or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0
+        for c in stages
+    ):
+        raise ValueError(
+            "Invalid value received for argument `stages`. Expected a list of "
+            f"non-negative ints. Received: stages={stages!r}"
+        )
+    if sum(stages) != num_blocks:
+        raise ValueError(
+            "Invalid value received for argument `stages`. Expected counts "
+            f"summing to num_blocks={num_blocks}. Received: stages={stages!r}"
+        )
+    out, start = [], 0
+    for count in stages:
+        out.append(rates[start : start + count])
+        start += count
+    return out

@@ -13,7 +13,7 @@ from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
 from keras_regularize.layers._rate import RateLayer
 from keras_regularize.layers.drop_path import MODES
-from keras_regularize.layers.drop_path import drop_path
+from keras_regularize.layers.drop_path import drop_branch
 
 
 def _shapes(value):
@@ -76,11 +76,25 @@ class StochasticDepth(RateLayer):
 
     Example:
 
+    In place of the `shortcut + residual` addition of a residual block:
+
+    >>> inputs = keras.Input((16,))
+    >>> residual = keras.layers.Dense(16, activation="relu")(inputs)
+    >>> outputs = keras_regularize.layers.StochasticDepth(rate=0.1, seed=0)(
+    ...     [inputs, residual])
+    >>> model = keras.Model(inputs, outputs)
+    >>> model.output_shape
+    (None, 16)
+
+    With `scale_by_keep=False` (the original paper), inference adds the
+    residual scaled by its survival probability `1 - rate`:
+
     >>> layer = keras_regularize.layers.StochasticDepth(
     ...     rate=0.5, scale_by_keep=False)
-    >>> x = keras.ops.ones((2, 3))
-    >>> keras.ops.convert_to_numpy(layer([x, x], training=False))[0].tolist()
-    [1.5, 1.5, 1.5]
+    >>> shortcut = np.ones((1, 3), "float32")
+    >>> residual = np.full((1, 3), 2.0, "float32")
+    >>> keras.ops.convert_to_numpy(layer([shortcut, residual]))
+    array([[2., 2., 2.]], dtype=float32)
 
     References:
         - [Huang et al., 2016](https://arxiv.org/abs/1603.09382)
@@ -110,7 +124,7 @@ class StochasticDepth(RateLayer):
         check_input_dtype("StochasticDepth", shortcut, "shortcut")
         check_input_dtype("StochasticDepth", residual, "residual")
         if training:
-            residual = drop_path(
+            residual = drop_branch(
                 residual,
                 self._keep_prob(),
                 self.mode,

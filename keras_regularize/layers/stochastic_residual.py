@@ -17,7 +17,7 @@ from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
 from keras_regularize.layers._rate import RateLayer
-from keras_regularize.layers.drop_path import drop_path
+from keras_regularize.layers.drop_path import drop_branch
 
 MODES = ("batch", "subset", "row")
 
@@ -73,10 +73,15 @@ class StochasticResidual(RateLayer):
 
     Example:
 
-    >>> block = keras.layers.Dense(4)
-    >>> layer = keras_regularize.layers.StochasticResidual(block, rate=0.2)
-    >>> tuple(layer(keras.ops.ones((2, 4)), training=True).shape)
+    >>> block = keras.layers.Dense(4, kernel_initializer="ones")
+    >>> layer = keras_regularize.layers.StochasticResidual(
+    ...     block, rate=0.2, seed=0)
+    >>> x = np.ones((2, 4), "float32")
+    >>> tuple(layer(x, training=True).shape)  # the block ran, or was skipped
     (2, 4)
+    >>> keras.ops.convert_to_numpy(layer(x))  # inference: x + block(x)
+    array([[5., 5., 5., 5.],
+           [5., 5., 5., 5.]], dtype=float32)
 
     References:
         - [Huang et al., 2016](https://arxiv.org/abs/1603.09382)
@@ -138,7 +143,7 @@ class StochasticResidual(RateLayer):
                 out = out * ops.cast(self._keep_prob(), out.dtype)
             return inputs + out
         if self.mode == "row":
-            return inputs + drop_path(
+            return inputs + drop_branch(
                 self._block(inputs, True),
                 self._keep_prob(),
                 "row",
