@@ -239,3 +239,26 @@ def binomial_ok(count, n, p, sigmas=4.0):
     """Whether `count` successes of `n` is within `sigmas` SDs of `n * p`."""
     sd = np.sqrt(n * p * (1 - p))
     return abs(count - n * p) <= sigmas * max(sd, 1e-12)
+
+
+class ScriptedMonitor(keras.callbacks.Callback):
+    """Writes scripted values into the logs and records each epoch's weights.
+
+    Place it before the callback under test, which then sees `values[e]`
+    under `monitor` at the end of epoch `e`; `weights[e]` are the model's
+    host weights at that moment. With `raise_at=e` it raises
+    `KeyboardInterrupt` at the end of epoch `e`, after scripting it.
+    """
+
+    def __init__(self, values, monitor="val_loss", raise_at=None):
+        super().__init__()
+        self.values = values
+        self.monitor = monitor
+        self.raise_at = raise_at
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights.append([np.array(w) for w in self.model.get_weights()])
+        logs[self.monitor] = self.values[epoch]
+        if epoch == self.raise_at:
+            raise KeyboardInterrupt

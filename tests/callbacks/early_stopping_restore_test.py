@@ -12,30 +12,10 @@ from keras import ops
 
 from keras_regularize.callbacks import EarlyStoppingRestore
 from tests.harness import BACKEND
+from tests.harness import ScriptedMonitor as Script
 from tests.harness import jit_modes
 
 NAN = float("nan")
-
-
-class Script(keras.callbacks.Callback):
-    """Writes scripted values into the logs and records each epoch's weights.
-
-    Placed before the callback under test, which then sees the scripted
-    value; `weights[e]` are the host weights at the end of epoch `e`.
-    """
-
-    def __init__(self, values, monitor="val_loss", raise_at=None):
-        super().__init__()
-        self.values = values
-        self.monitor = monitor
-        self.raise_at = raise_at
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append([w.copy() for w in self.model.get_weights()])
-        logs[self.monitor] = self.values[epoch]
-        if epoch == self.raise_at:
-            raise KeyboardInterrupt
 
 
 def _data(n=16):
@@ -276,11 +256,11 @@ def test_best_weights_stay_on_device_in_reused_buffers():
     class Grab(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 0:
-                first.extend(stop._best_values)
+                first.extend(stop._snapshot.values)
 
     model.fit(x, y, epochs=3, callbacks=[stop, Grab()], verbose=0)
     assert stop.best_epoch == 2 and stop.restored
-    values = stop._best_values
+    values = stop._snapshot.values
     assert len(values) == len(model.weights)
     on_cpu = (
         all(d.startswith("cpu") for d in keras.distribution.list_devices())
@@ -489,13 +469,13 @@ def test_on_device_copy_survives_training():
 
 def test_accelerator_copy_path(monkeypatch):
     # JAX on GPU/TPU keeps `keras.ops.copy` arrays; exercise that path here.
-    from keras_regularize.callbacks import early_stopping_restore as module
+    from keras_regularize import _backend as module
 
-    monkeypatch.setattr(module, "_snapshot_kind", lambda: "copy")
+    monkeypatch.setattr(module, "weight_snapshot_kind", lambda: "copy")
     model, script, stop = _run(
         [3.0, 1.0, 2.0, 2.5], model=_model(jit_modes()[-1]), patience=2
     )
-    assert stop._kind == "copy" and stop.stop_reason == "patience"
+    assert stop._snapshot.kind == "copy" and stop.stop_reason == "patience"
     _assert_weights(model, script.weights[1])
     model.fit(*_data(), epochs=1, verbose=0)  # restored arrays not donated
     assert stop.restore()
@@ -1122,3 +1102,79 @@ def test_start_from_epoch_delays_patience(patience):
     assert stop.best_epoch == 2
     assert stop.stopped_epoch == 2 + max(patience, 1)
     assert len(script.weights) >= patience + 2
+
+
+# -- `restore_best_weights` (Keras's name) and its alias `restore_best` ------
+
+
+@pytest.mark.parametrize("name", ["restore_best_weights", "restore_best"])
+def test_both_names_switch_restoring_off(name):
+    model, script, stop = _run([3.0, 1.0, 2.0], **{name: False})
+    assert not stop.restored
+    assert stop.restore_best_weights is False and stop.restore_best is False
+    _assert_weights(model, script.weights[2])
+
+
+def test_restoring_is_on_by_default_under_both_names():
+    stop = EarlyStoppingRestore()
+    assert stop.restore_best_weights is True and stop.restore_best is True
+    for value in (True, False):
+        stop = EarlyStoppingRestore(
+            restore_best_weights=value, restore_best=value
+        )
+        assert stop.restore_best_weights is value
+
+
+def test_both_names_with_different_values_raise_naming_both():
+    with pytest.raises(ValueError) as info:
+        EarlyStoppingRestore(restore_best_weights=True, restore_best=False)
+    message = str(info.value)
+    assert "`restore_best_weights`" in message and "`restore_best`" in message
+    assert "restore_best_weights=True" in message
+    assert "restore_best=False" in message
+
+
+def test_alias_attribute_writes_through_and_is_validated():
+    stop = EarlyStoppingRestore()
+    stop.restore_best = False
+    assert stop.restore_best_weights is False
+    stop.restore_best_weights = True
+    assert stop.restore_best is True
+    with pytest.raises(ValueError, match="Received: restore_best='no'"):
+        stop.restore_best = "no"
+    assert stop.restore_best is True
+
+
+def test_signature_shows_the_keras_name_and_its_default():
+    import inspect
+
+    params = inspect.signature(EarlyStoppingRestore).parameters
+    names = list(params)
+    # Keras's position for it, so positional calls keep their meaning.
+    assert names.index("restore_best_weights") == 6
+    assert repr(params["restore_best_weights"].default) == "True"
+
+
+def test_interrupt_during_the_best_copy_keeps_the_previous_best():
+    # The copy of epoch 1's weights dies half-way: the callback restores
+    # epoch 0's weights and reports epoch 0, whole.
+    stop, model = _driven(monitor="loss", patience=5)
+    x, y = _data()
+    stop.on_epoch_end(0, {"loss": 2.0})
+    kept = model.get_weights()
+    model.fit(x, y, epochs=1, verbose=0)
+    variables = stop._snapshot._variables
+    real = variables[2]
+
+    class Dying:
+        def __getattr__(self, name):
+            if name == "value":
+                raise KeyboardInterrupt
+            return getattr(real, name)
+
+    variables[2] = Dying()
+    with pytest.raises(KeyboardInterrupt):
+        stop.on_epoch_end(1, {"loss": 1.0})
+    assert (stop.best, stop.best_epoch) == (2.0, 0)
+    assert stop.stop_reason == "interrupted" and stop.restored
+    _assert_weights(model, kept)
