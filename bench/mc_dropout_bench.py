@@ -9,7 +9,6 @@ not just the samples; its chunking strategies are timed side by side to
 pick `mc_predict`'s "auto" strategy and `_backend.MC_ROWS_PER_PASS`.
 """
 
-import importlib
 import statistics
 import time
 
@@ -22,9 +21,6 @@ from _harness import write_table
 
 import keras_regularize
 from keras_regularize._backend import MC_ROWS_PER_PASS
-
-# The module, not the function of the same name that the package exports.
-mc_module = importlib.import_module("keras_regularize.models.mc_predict")
 
 INPUTS, SAMPLES, WIDTH = (64, 4, 64) if SMOKE else (1024, 30, 512)
 RUNS = 2 if SMOKE else 7

@@ -1,12 +1,14 @@
 """Model wrappers: distillation, on-device mixing, Monte Carlo prediction."""
 
 from keras_regularize.models.distiller import Distiller
-from keras_regularize.models.mc_predict import mc_predict
 from keras_regularize.models.mixing_model import MixingModel
-from keras_regularize.models.with_mc_dropout import with_mc_dropout
+from keras_regularize.models.monte_carlo import MCPrediction
+from keras_regularize.models.monte_carlo import mc_predict
+from keras_regularize.models.monte_carlo import with_mc_dropout
 
 __all__ = [
     "Distiller",
+    "MCPrediction",
     "MixingModel",
     "mc_predict",
     "with_mc_dropout",
