@@ -1,23 +1,29 @@
 """Stochastic depth and EarlyStoppingRestore under Keras's distribution engines.
 
 Each engine needs its device count fixed before the framework starts, so the
-training runs in `_worker.py` subprocesses (one per backend, module-scoped).
+training runs in `_engines_worker.py` subprocesses (one per backend,
+module-scoped). The worker reports losses, weight differences and decisions;
+the assertions are made here.
 """
+
+import os
 
 import keras
 import numpy as np
 import pytest
 
+from tests.distributed._engines_worker import CASES
 from tests.distributed._launch import run_worker
-from tests.distributed._worker import CASES
 
 BACKEND = keras.backend.backend()
 TOL = 1e-5
+WORKER = os.path.join(os.path.dirname(__file__), "_engines_worker.py")
 
 
 @pytest.fixture(scope="module")
 def jax_result():
     return run_worker(
+        WORKER,
         "jax_data_parallel",
         XLA_FLAGS="--xla_force_host_platform_device_count=8",
     )
@@ -25,13 +31,13 @@ def jax_result():
 
 @pytest.fixture(scope="module")
 def tf_result():
-    return run_worker("tf_mirrored")
+    return run_worker(WORKER, "tf_mirrored")
 
 
 @pytest.fixture(scope="module")
 def torch_result(tmp_path_factory):
     directory = tmp_path_factory.mktemp("ddp")
-    return run_worker("torch_ddp", {"directory": str(directory)})
+    return run_worker(WORKER, "torch_ddp", {"directory": str(directory)})
 
 
 def _result(request):

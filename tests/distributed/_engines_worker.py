@@ -1,11 +1,15 @@
-"""Training runs for tests/distributed, each in a fresh Python process.
+"""Training runs for tests/distributed/engines_test.py, each in a fresh
+Python process.
 
 Device counts (`XLA_FLAGS`, TensorFlow logical devices) and process groups
 must be set before the framework starts, so the tests launch this script
 with `sys.executable` and read the one JSON line it prints after `RESULT `:
 
     KERAS_BACKEND=jax XLA_FLAGS=--xla_force_host_platform_device_count=8 \
-        python tests/distributed/_worker.py jax_data_parallel '{}'
+        python tests/distributed/_engines_worker.py jax_data_parallel '{}'
+
+The results are raw facts (losses, weight differences, decisions, error
+texts); engines_test.py makes the assertions.
 
 Components are exercised through `CASES`: a case builds a compiled model and
 its data from `(rate, seed)`. To cover a new component (`MixingModel`,
@@ -13,7 +17,6 @@ its data from `(rate, seed)`. To cover a new component (`MixingModel`,
 take their case names from `CASES`.
 """
 
-import json
 import os
 import sys
 
@@ -30,6 +33,8 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_regularize as kr  # noqa: E402
+from tests.distributed._launch import serve  # noqa: E402
+from tests.harness import ScriptedMonitor  # noqa: E402
 
 # -- components under test -------------------------------------------------
 
@@ -104,7 +109,9 @@ def distiller_case(rate, seed):
     keras.utils.set_random_seed(seed)
     teacher = _classifier(0.0, seed + 3, width=32)
     student = _classifier(rate, seed + 4)
-    model = kr.models.Distiller(student, teacher, temperature=2.0, alpha=0.5)
+    model = kr.models.Distiller(
+        student=student, teacher=teacher, temperature=2.0, alpha=0.5
+    )
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     return model, _classes()
 
@@ -121,18 +128,6 @@ CASES = {
 SCORES = [3.0, 1.0, 2.0, 4.0]
 
 
-class Script(keras.callbacks.Callback):
-    """Writes `SCORES` into the logs and records each epoch's weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append([np.array(w) for w in self.model.get_weights()])
-        logs["score"] = SCORES[epoch]
-
-
 def _max_diff(a, b):
     return max(float(np.max(np.abs(u - v))) for u, v in zip(a, b))
 
@@ -140,7 +135,7 @@ def _max_diff(a, b):
 def _fit(case, rate, seed, batch_size):
     """Trains a case with EarlyStoppingRestore attached; returns a summary."""
     model, (x, y) = CASES[case](rate, seed)
-    script = Script()
+    script = ScriptedMonitor(SCORES, monitor="score")
     stop = kr.callbacks.EarlyStoppingRestore(
         monitor="score", mode="min", patience=5
     )
@@ -240,355 +235,6 @@ def _equivalence(distributed_fit):
                 "multi_replicas": multi["replicas"],
             }
     return result
-
-
-# -- faults --------------------------------------------------------------------
-
-
-def _fault_model(seed=0):
-    """About 70k weights, so that a checkpoint write takes a moment."""
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((8,)),
-            keras.layers.Dense(256, activation="tanh"),
-            kr.layers.DropPath(0.2, seed=seed),
-            keras.layers.Dense(256, activation="tanh"),
-            keras.layers.Dense(1),
-        ]
-    )
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01),
-        loss="mse",
-    )
-    return model
-
-
-def _flat(model):
-    return np.concatenate([np.ravel(w) for w in model.get_weights()])
-
-
-class Recorder(keras.callbacks.Callback):
-    """Scripts a random monitor value and saves each epoch's weights.
-
-    Runs before EarlyStoppingRestore: the record of epoch `e` is complete
-    (written to a temporary name, then renamed) before the checkpoint of
-    epoch `e` is started, and one byte on `signal_fd` tells the parent that
-    a checkpoint write may follow.
-    """
-
-    def __init__(self, directory, run, signal_fd, seed):
-        super().__init__()
-        self.directory = directory
-        self.run = run
-        self.signal_fd = signal_fd
-        self.rng = np.random.default_rng(seed)
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = float(self.rng.uniform())
-        path = os.path.join(self.directory, f"run{self.run}_epoch{epoch}")
-        np.savez(
-            path + ".tmp.npz", weights=_flat(self.model), score=logs["score"]
-        )
-        os.replace(path + ".tmp.npz", path + ".npz")
-        if self.signal_fd is not None:
-            os.write(self.signal_fd, b"e")
-
-
-def _fault_child(directory, run, signal_fd, holder=None, epochs=10_000):
-    model = _fault_model(seed=run)
-    x, y = _data(n=16)
-    stop = kr.callbacks.EarlyStoppingRestore(
-        monitor="score",
-        mode="min",
-        patience=epochs,
-        checkpoint_path=os.path.join(directory, "best.weights.h5"),
-    )
-    recorder = Recorder(directory, run, signal_fd, seed=run)
-    if holder is not None:
-        holder.update(model=model, stop=stop)
-    with stop.restore_on_error():
-        model.fit(
-            x,
-            y,
-            batch_size=16,
-            epochs=epochs,
-            callbacks=[recorder, stop],
-            verbose=0,
-        )
-    return model, stop
-
-
-def _best_records(directory, runs):
-    """Flat weights of every epoch that was a best epoch within its run."""
-    best = {}
-    for run in range(runs):
-        epoch, low = 0, np.inf
-        while True:
-            path = os.path.join(directory, f"run{run}_epoch{epoch}.npz")
-            if not os.path.exists(path):
-                break
-            record = np.load(path)
-            if float(record["score"]) < low:
-                low = float(record["score"])
-                best[(run, epoch)] = record["weights"]
-            epoch += 1
-    return best
-
-
-def _announce_writes(signal_fd):
-    """Makes this (child) process write `w` to `signal_fd` per checkpoint.
-
-    The byte goes out just before `keras.saving.save_weights` starts, so a
-    parent that waits for it can kill the child in the middle of a write.
-    """
-    save = keras.saving.save_weights
-
-    def announced(*args, **kwargs):
-        os.write(signal_fd, b"w")
-        return save(*args, **kwargs)
-
-    keras.saving.save_weights = announced
-
-
-def sigkill(kills=20, seed=0, directory=None):
-    """Kills training children with SIGKILL at random moments.
-
-    This process imports Keras once, then forks one child per kill (no
-    framework computation runs here before the forks). Two kills in three
-    land a random 0-3 ms after a child announced the start of a checkpoint
-    write (`w`), i.e. mostly during the write; the others a random 0-30 ms
-    after an epoch end (`e`). Each kill leaves the checkpoint that the next
-    child overwrites, so every surviving file is copied aside and loaded at
-    the end.
-    """
-    import random
-    import shutil
-    import signal
-    import time
-
-    rng = random.Random(seed)
-    kept = os.path.join(directory, "kept")
-    os.makedirs(kept)
-    checkpoint = os.path.join(directory, "best.weights.h5")
-    mid_write = 0
-    for run in range(kills):
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_fd)
-            try:
-                _announce_writes(write_fd)
-                _fault_child(directory, run, write_fd)
-            finally:
-                os._exit(0)
-        os.close(write_fd)
-        if rng.random() < 2 / 3:
-            wanted, count, delay = b"w", rng.randint(1, 2), 0.003
-        else:
-            wanted, count, delay = b"e", rng.randint(1, 4), 0.03
-        while count:
-            byte = os.read(read_fd, 1)
-            if not byte:
-                break
-            count -= byte == wanted
-        time.sleep(rng.uniform(0.0, delay))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(read_fd)
-        temporary = [f for f in os.listdir(directory) if f".tmp-{pid}" in f]
-        mid_write += bool(temporary)
-        for name in temporary:
-            os.remove(os.path.join(directory, name))
-        if os.path.exists(checkpoint):
-            shutil.copy(checkpoint, os.path.join(kept, f"kill{run}.weights.h5"))
-    # Now load every surviving checkpoint into a fresh model.
-    best = _best_records(directory, kills)
-    model = _fault_model()
-    model.optimizer.build(model.trainable_variables)
-    matches = []
-    for run in range(kills):
-        path = os.path.join(kept, f"kill{run}.weights.h5")
-        if not os.path.exists(path):
-            matches.append(None)
-            continue
-        model.load_weights(path)
-        flat = _flat(model)
-        found = [
-            list(key) for key, w in best.items() if np.array_equal(w, flat)
-        ]
-        matches.append(found[0] if found else "no match")
-    return {"kills": kills, "mid_write": mid_write, "matches": matches}
-
-
-def sigint(directory=None, repeats=5, seed=0):
-    """SIGINT (Ctrl-C) at random moments of `fit`; compares with the best.
-
-    Each repeat trains a fresh model and is interrupted a random 0-20 ms
-    after its 1st to 4th epoch end, so the interrupt lands in a training
-    step, a callback or a checkpoint write.
-    """
-    import signal
-    import threading
-    import time
-
-    rng = np.random.default_rng(seed)
-    runs = []
-    for run in range(repeats):
-        read_fd, write_fd = os.pipe()
-        epochs, delay = int(rng.integers(1, 5)), float(rng.uniform(0, 0.02))
-
-        sent = []
-
-        def interrupt(read_fd=read_fd, epochs=epochs, delay=delay, sent=sent):
-            for _ in range(epochs):
-                os.read(read_fd, 1)
-            time.sleep(delay)
-            os.kill(os.getpid(), signal.SIGINT)
-            sent.append(delay)
-            # CPython drops a KeyboardInterrupt raised inside a finalizer
-            # (e.g. a weakref callback, "Exception ignored in ..."), and
-            # training goes on: press Ctrl-C again at the next epoch end,
-            # as a user would. The pipe closes once `fit` has returned.
-            while os.read(read_fd, 1):
-                os.kill(os.getpid(), signal.SIGINT)
-                sent.append(0.0)
-
-        thread = threading.Thread(target=interrupt, daemon=True)
-        thread.start()
-        holder = {}
-        try:
-            _fault_child(directory, run, write_fd, holder)
-        except KeyboardInterrupt:
-            interrupted = True
-        else:
-            interrupted = False
-        os.close(write_fd)
-        thread.join()
-        os.close(read_fd)
-        stop = holder["stop"]
-        best = _best_records(directory, run + 1)
-        # The interrupt may land after the recorder saw an epoch and
-        # before the callback did: compare with the callback's own best
-        # epoch, which must be one of the recorded best epochs.
-        expected = best.get((run, stop.best_epoch))
-        runs.append(
-            {
-                "interrupted": interrupted,
-                "sigints": len(sent),
-                "stop_reason": stop.stop_reason,
-                "best_epoch": stop.best_epoch,
-                "best_epochs": sorted(e for r, e in best if r == run),
-                "model_is_best": expected is not None
-                and bool(np.array_equal(_flat(holder["model"]), expected)),
-                "debug": {
-                    e: float(np.mean(_flat(holder["model"]) == w))
-                    for (r, e), w in best.items()
-                    if r == run
-                },
-            }
-        )
-    return runs
-
-
-_NOBODY = (65534, 65534)
-
-
-def _drop_root():
-    """Runs the rest of this process as `nobody` (uid 65534).
-
-    Root ignores permission bits, so a directory made read-only with
-    `chmod` would stay writable to it; an unprivileged user is held to
-    them, as a training job on a shared file system would be.
-    """
-    os.setgroups([])
-    os.setgid(_NOBODY[1])
-    os.setuid(_NOBODY[0])
-
-
-class MakeReadOnly(keras.callbacks.Callback):
-    """Makes the checkpoint directory read-only after epoch `epoch`."""
-
-    def __init__(self, directory, epoch):
-        super().__init__()
-        self.directory = directory
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            os.chmod(self.directory, 0o555)
-
-
-def read_only(after_epoch=3):
-    """A checkpoint directory that becomes read-only during `fit`."""
-    import shutil
-    import tempfile
-
-    # Not under pytest's root-only (0700) tree: `nobody` must reach it.
-    base = tempfile.mkdtemp(prefix="kr-read-only-")
-    records = os.path.join(base, "records")
-    directory = os.path.join(base, "checkpoints")
-    checkpoint = os.path.join(directory, "best.weights.h5")
-    # Everything that loads lazily (h5py, zip codecs) is loaded now: as
-    # `nobody` this process may not read the interpreter's own files.
-    x, y = _data(n=16)
-    _fault_model().fit(x, y, epochs=1, verbose=0)
-    model = _fault_model()
-    os.makedirs(records)
-    os.makedirs(directory)
-    model.save_weights(checkpoint)
-    model.load_weights(checkpoint)
-    np.savez(os.path.join(records, "warm.npz"), weights=_flat(model))
-    np.load(os.path.join(records, "warm.npz"))["weights"]
-    os.remove(checkpoint)
-    dropped = False
-    if os.geteuid() == 0:
-        for path in (base, records, directory):
-            os.chown(path, *_NOBODY)
-        _drop_root()
-        dropped = True
-    stop = kr.callbacks.EarlyStoppingRestore(
-        monitor="score", mode="min", patience=100, checkpoint_path=checkpoint
-    )
-    recorder = Recorder(records, 0, None, seed=3)
-    chmod = MakeReadOnly(directory, after_epoch)
-    error = None
-    try:
-        with stop.restore_on_error():
-            model.fit(
-                x,
-                y,
-                batch_size=16,
-                epochs=50,
-                callbacks=[recorder, chmod, stop],
-                verbose=0,
-            )
-    except OSError as caught:
-        error = f"{type(caught).__name__}: {caught}"
-    try:
-        best = _best_records(records, 1)
-        last_before = max(e for (_, e) in best if e <= after_epoch)
-        saved = _fault_model()
-        saved.load_weights(checkpoint)
-        return {
-            "dropped_root": dropped,
-            "checkpoint": checkpoint,
-            "error": error,
-            "best_epoch": stop.best_epoch,
-            "stop_reason": stop.stop_reason,
-            "after_epoch": after_epoch,
-            "best_epochs": sorted(e for _, e in best),
-            "file_is_last_best_before": bool(
-                np.array_equal(_flat(saved), best[(0, last_before)])
-            ),
-            "model_is_best": bool(
-                np.array_equal(_flat(model), best[(0, stop.best_epoch)])
-            ),
-            "files": sorted(os.listdir(directory)),
-        }
-    finally:
-        os.chmod(directory, 0o755)
-        shutil.rmtree(base)
 
 
 # -- engines -----------------------------------------------------------------
@@ -753,24 +399,7 @@ COMMANDS = {
     "jax_data_parallel": jax_data_parallel,
     "tf_mirrored": tf_mirrored,
     "torch_ddp": torch_ddp,
-    "sigkill": sigkill,
-    "sigint": sigint,
-    "read_only": read_only,
 }
 
-
-def main():
-    import faulthandler
-
-    command, args = sys.argv[1], json.loads(sys.argv[2])
-    # A hung worker prints every thread's stack to stderr (which the test
-    # shows) shortly before `run_worker`'s timeout kills it.
-    faulthandler.dump_traceback_later(
-        float(os.environ.get("KR_WORKER_WATCHDOG", "200")), exit=True
-    )
-    result = COMMANDS[command](**args)
-    print("RESULT " + json.dumps(result), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    serve(COMMANDS)
