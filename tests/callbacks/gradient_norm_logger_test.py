@@ -89,3 +89,12 @@ def test_per_batch_takes_bools_only(value):
         GradientNormLogger(per_batch=value)
     assert f"per_batch={value!r}" in str(info.value)
     assert GradientNormLogger(per_batch=True).per_batch is True
+
+
+def test_watching_without_clipping_logs_norms_only():
+    # Moved from the docstring example: `method="none"` adds exactly the
+    # norm keys and never clips.
+    opt = GradientClipping(keras.optimizers.SGD(0.01), method="none")
+    history = _fit(opt, [GradientNormLogger()])
+    assert set(history) == {"loss", "grad_norm", "grad_norm_max", "clip_rate"}
+    assert history["clip_rate"] == [0.0, 0.0]
