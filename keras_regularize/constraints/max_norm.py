@@ -95,10 +95,17 @@ class MaxNorm(keras.constraints.Constraint):
 
     Example:
 
-    >>> c = keras_regularize.constraints.MaxNorm(max_value=1.0)
-    >>> w = keras.ops.convert_to_tensor([[3.0, 0.3], [4.0, 0.4]])
-    >>> keras.ops.convert_to_numpy(c(w)).astype("float64").round(3).tolist()
-    [[0.6, 0.3], [0.8, 0.4]]
+    >>> layer = keras.layers.Dense(
+    ...     16, kernel_constraint=keras_regularize.constraints.MaxNorm(3.0))
+
+    Applied to a kernel whose two units have norms 5 and 0.5, it rescales
+    the first to norm 1 and leaves the second as it is:
+
+    >>> max_norm = keras_regularize.constraints.MaxNorm(max_value=1.0)
+    >>> kernel = np.array([[3.0, 0.3], [4.0, 0.4]], "float32")
+    >>> keras.ops.convert_to_numpy(max_norm(kernel)).round(3)
+    array([[0.6, 0.3],
+           [0.8, 0.4]], dtype=float32)
 
     References:
         - [Srivastava et al., 2014](https://jmlr.org/papers/v15/srivastava14a.html)
@@ -272,11 +279,21 @@ def apply_max_norm(model, max_value=3.0):
 
     Example:
 
-    >>> model = keras.Sequential([keras.Input((4, 4, 2)),
-    ...                           keras.layers.Conv2DTranspose(3, 2)])
+    >>> model = keras.Sequential([
+    ...     keras.Input((4, 4, 2)),
+    ...     keras.layers.Conv2DTranspose(3, 2),
+    ...     keras.layers.Flatten(),
+    ...     keras.layers.Dense(10),
+    ... ])
     >>> model = keras_regularize.constraints.apply_max_norm(model, 2.0)
+
+    Each kernel gets the unit axes of its own layout (a transposed
+    convolution's kernel is `(height, width, out, in)`):
+
     >>> model.layers[0].kernel_constraint.axis
     (0, 1, 3)
+    >>> model.layers[-1].kernel_constraint.get_config()  # Dense
+    {'max_value': 2.0, 'axis': None}
     """
     if not isinstance(model, keras.layers.Layer):
         fail("model", "a `keras.Model` or `keras.layers.Layer`", model)

@@ -28,8 +28,16 @@ class ElasticNet(keras.regularizers.Regularizer):
 
     Example:
 
+    >>> layer = keras.layers.Dense(
+    ...     16,
+    ...     kernel_regularizer=keras_regularize.regularizers.ElasticNet(
+    ...         strength=1e-4, l1_ratio=0.5),
+    ... )
+
+    The penalty of a small weight vector, `0.25 * 3 + 0.75 * 5`:
+
     >>> reg = keras_regularize.regularizers.ElasticNet(1.0, l1_ratio=0.25)
-    >>> float(reg(keras.ops.convert_to_tensor([1.0, -2.0])))
+    >>> float(reg(np.array([1.0, -2.0], "float32")))
     4.5
 
     References:
