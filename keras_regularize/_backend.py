@@ -18,176 +18,6 @@ def torch_lerp(start, end, weight):
     return torch.lerp(start, end, weight)
 
 
-def tf_mixing_ops(layer):
-    """TensorFlow operations for a mixing layer inside `tf.data`.
-
-    Used when a `tf.data` pipeline calls a mixing layer while the Keras
-    backend is jax or torch: the tensors are TensorFlow graph tensors then,
-    which `keras.ops` of those backends cannot take. Returns an object with
-    the interface of `keras_regularize.layers._mixing.KerasOps`, drawing from
-    a `tf.random.Generator` seeded with `layer.seed` and kept on the layer.
-    Hyperparameter variables are read when the map function is traced.
-    """
-    import tensorflow as tf
-
-    state = layer._tf_data_state
-    if "generator" not in state:
-        with tf.init_scope():
-            if layer.seed is None:
-                generator = tf.random.Generator.from_non_deterministic_state()
-            else:
-                generator = tf.random.Generator.from_seed(layer.seed)
-        state["generator"] = generator
-    return _TFOps(tf, state["generator"])
-
-
-class _TFOps:
-    def __init__(self, tf, generator):
-        self.tf = tf
-        self.generator = generator
-
-    def shape(self, x):
-        static = x.shape.as_list()
-        dynamic = self.tf.shape(x)
-        return tuple(
-            dynamic[i] if s is None else s for i, s in enumerate(static)
-        )
-
-    def cast(self, x, dtype):
-        return self.tf.cast(x, dtype)
-
-    def convert(self, x):
-        return self.tf.convert_to_tensor(x)
-
-    def argmax(self, x, axis):
-        return self.tf.argmax(x, axis=axis, output_type="int32")
-
-    def take_along_axis(self, x, indices, axis):
-        return self.tf.experimental.numpy.take_along_axis(x, indices, axis)
-
-    def argsort(self, x):
-        return self.tf.argsort(x)
-
-    def where(self, condition, a, b):
-        a = self.tf.convert_to_tensor(a)
-        b = self.tf.cast(b, a.dtype)
-        return self.tf.where(condition, a, b)
-
-    def reshape(self, x, shape):
-        return self.tf.reshape(x, shape)
-
-    def log(self, x):
-        return self.tf.math.log(x)
-
-    def sqrt(self, x):
-        return self.tf.sqrt(x)
-
-    def sigmoid(self, x):
-        return self.tf.sigmoid(x)
-
-    def floor(self, x):
-        return self.tf.floor(x)
-
-    def round(self, x):
-        return self.tf.round(x)
-
-    def minimum(self, a, b):
-        return self.tf.minimum(a, b)
-
-    def maximum(self, a, b):
-        return self.tf.maximum(a, b)
-
-    def clip(self, x, low, high):
-        return self.tf.clip_by_value(x, low, high)
-
-    def power(self, x, y):
-        return self.tf.pow(x, y)
-
-    def logical_and(self, a, b):
-        return self.tf.logical_and(a, b)
-
-    def logical_not(self, x):
-        return self.tf.logical_not(x)
-
-    def arange(self, n):
-        return self.tf.range(n, dtype="int32")
-
-    def take(self, x, indices):
-        return self.tf.gather(x, indices, axis=0)
-
-    def one_hot(self, ids, num_classes):
-        return self.tf.one_hot(ids, num_classes, dtype="float32")
-
-    def ones(self, shape):
-        return self.tf.ones(shape, dtype="float32")
-
-    def dtype(self, x):
-        return x.dtype.name
-
-    def value(self, variable):
-        import keras
-
-        # Read on the host when the map function is traced.
-        with self.tf.init_scope():
-            value = float(keras.ops.convert_to_numpy(variable))
-        return self.tf.constant(value, "float32")
-
-    def blend(self, x, x_partner, w):
-        return x * w + x_partner * (1.0 - w)
-
-    def require(self, valid, values, name, expected, guard=None):
-        """`KerasOps.require` for TensorFlow tensors (eager or graph)."""
-        if self.tf.executing_eagerly():
-            import numpy as np
-
-            from keras_regularize._validation import fail
-
-            ok = np.asarray(valid).astype(bool)
-            if not ok.all():
-                bad = np.broadcast_to(np.asarray(values), ok.shape)
-                fail(name, expected, bad[~ok].flat[0].item())
-            return guard
-        return self.assert_in_graph(valid, values, name, expected, guard)
-
-    @staticmethod
-    def assert_in_graph(valid, values, name, expected, guard=None):
-        """Asserts `valid` in a TensorFlow graph, naming the first bad value.
-
-        The graph raises `InvalidArgumentError` with the package's argument
-        message; XLA drops the assertion (the callers then give NaN).
-        Returns `guard` made to wait for the assertion, so the ops that use
-        it (a loss that would fail on the same values) run after it.
-        """
-        import tensorflow as tf
-
-        ok = tf.reshape(tf.cast(valid, "bool"), [-1])
-        values = tf.reshape(tf.broadcast_to(values, tf.shape(valid)), [-1])
-        # A trailing valid entry keeps argmin defined for empty batches.
-        ok = tf.concat([ok, [True]], axis=0)
-        values = tf.concat([values, tf.zeros([1], values.dtype)], axis=0)
-        first = tf.argmin(tf.cast(ok, "int32"), output_type="int32")
-        # Constant strings only: XLA has no string kernels (it drops the
-        # assertion, but compiles its inputs). TensorFlow prints this as
-        # "[... Received: labels=] [5]".
-        message = (
-            f"Invalid value received for argument `{name}`. Expected "
-            f"{expected}. Received: {name}="
-        )
-        check = tf.debugging.Assert(
-            tf.reduce_all(ok), [message, tf.gather(values, first)], summarize=1
-        )
-        if guard is None:
-            return None
-        with tf.control_dependencies([check]):
-            return tf.identity(guard)
-
-    def uniform(self, shape):
-        return self.generator.uniform(shape, dtype="float32")
-
-    def normal(self, shape):
-        return self.generator.normal(shape, dtype="float32")
-
-
 def replicas_in_sync():
     """Replicas a TensorFlow `tf.distribute` strategy splits each step over.
 
@@ -234,7 +64,28 @@ def assert_in_graph(valid, values, name, expected, guard=None):
     """
     if not type(valid).__module__.startswith("tensorflow"):
         return guard
-    return _TFOps.assert_in_graph(valid, values, name, expected, guard)
+    import tensorflow as tf
+
+    ok = tf.reshape(tf.cast(valid, "bool"), [-1])
+    values = tf.reshape(tf.broadcast_to(values, tf.shape(valid)), [-1])
+    # A trailing valid entry keeps argmin defined for empty batches.
+    ok = tf.concat([ok, [True]], axis=0)
+    values = tf.concat([values, tf.zeros([1], values.dtype)], axis=0)
+    first = tf.argmin(tf.cast(ok, "int32"), output_type="int32")
+    # Constant strings only: XLA has no string kernels (it drops the
+    # assertion, but compiles its inputs). TensorFlow prints this as
+    # "[... Received: labels=] [5]".
+    message = (
+        f"Invalid value received for argument `{name}`. Expected "
+        f"{expected}. Received: {name}="
+    )
+    check = tf.debugging.Assert(
+        tf.reduce_all(ok), [message, tf.gather(values, first)], summarize=1
+    )
+    if guard is None:
+        return None
+    with tf.control_dependencies([check]):
+        return tf.identity(guard)
 
 
 def _name():
@@ -315,3 +166,15 @@ def sync_model_state(model):
     sync = getattr(model, "jax_state_sync", None)
     if sync is not None:
         sync()
+
+
+def tensorflow():
+    """The TensorFlow module, imported on first use.
+
+    For code that builds TensorFlow objects on purpose whatever the Keras
+    backend (the mixing layers' `tf.data` operations); importing it here
+    keeps every framework import in this module.
+    """
+    import tensorflow as tf
+
+    return tf

@@ -1,17 +1,14 @@
 """CutMix whose label weight is exactly the pasted fraction of the input."""
 
 from keras_regularize._export import export
-from keras_regularize._validation import check_bool
-from keras_regularize._validation import check_data_format
 from keras_regularize._variables import ScalarVariable
-from keras_regularize.layers._mixing import BaseMixing
-from keras_regularize.layers._mixing import check_alpha
-from keras_regularize.layers._mixing import check_minmax
-from keras_regularize.layers._mixing import mix_batch
+from keras_regularize.layers._mixing_cut import BaseCutMixing
+from keras_regularize.layers._mixing_layer import check_alpha
+from keras_regularize.layers._mixing_math import mix_batch
 
 
 @export("keras_regularize.layers.CutMixLayer")
-class CutMixLayer(BaseMixing):
+class CutMixLayer(BaseCutMixing):
     """Pastes a box from a partner sample, and mixes the labels to match.
 
     During training each sample `i` gets a partner `j` (never itself in a
@@ -31,7 +28,9 @@ class CutMixLayer(BaseMixing):
     integer ids, then label smoothing). Labels, label smoothing and integer
     images follow the rules of `MixupLayer`; integer images stay whole
     numbers, since pasting copies values. `alpha` and `probability` live in
-    non-trainable variables, so callbacks may change them during training.
+    non-trainable variables, so callbacks may change them during training,
+    in `fit` or in a running `tf.data` pipeline (batches already prefetched
+    keep the old value).
     To mix on device inside `fit`, wrap the model in
     `keras_regularize.models.MixingModel(model, CutMixLayer(...))`.
 
@@ -72,19 +71,23 @@ class CutMixLayer(BaseMixing):
 
     Example:
 
-    >>> layer = keras_regularize.layers.CutMixLayer(num_classes=2, seed=0)
-    >>> images = np.stack([np.zeros((8, 8, 1)), np.ones((8, 8, 1))])
-    >>> mixed, labels = layer((images.astype("float32"), np.array([0, 1])))
-    >>> mixed = keras.ops.convert_to_numpy(mixed)
-    >>> labels = keras.ops.convert_to_numpy(labels)
-    >>> bool(np.allclose(labels[:, 1], mixed.mean(axis=(1, 2, 3))))
-    True
+    With `minmax=(0.75, 1.0)` every side of the box is 3 of 4 pixels, so
+    9/16 of each image comes from its partner, and the labels say so:
+
+    >>> cutmix = keras_regularize.layers.CutMixLayer(
+    ...     num_classes=2, minmax=(0.75, 1.0), seed=0)
+    >>> black, white = np.zeros((4, 4, 1)), np.ones((4, 4, 1))
+    >>> images = np.stack([black, white]).astype("float32")
+    >>> mixed, targets = cutmix((images, np.array([0, 1])))
+    >>> keras.ops.convert_to_numpy(targets)
+    array([[0.4375, 0.5625],
+           [0.5625, 0.4375]], dtype=float32)
+    >>> keras.ops.convert_to_numpy(mixed).mean(axis=(1, 2, 3))  # white share
+    array([0.5625, 0.4375], dtype=float32)
 
     References:
         - [Yun et al., 2019](https://arxiv.org/abs/1905.04899)
     """
-
-    _needs_spatial_axes = True
 
     def __init__(
         self,
@@ -100,6 +103,9 @@ class CutMixLayer(BaseMixing):
         **kwargs,
     ):
         super().__init__(
+            correct_lam=correct_lam,
+            minmax=minmax,
+            data_format=data_format,
             num_classes=num_classes,
             label_smoothing=label_smoothing,
             mode=mode,
@@ -108,9 +114,6 @@ class CutMixLayer(BaseMixing):
             **kwargs,
         )
         self.alpha = alpha
-        self.correct_lam = check_bool("correct_lam", correct_lam)
-        self.minmax = check_minmax("minmax", minmax)
-        self.data_format = check_data_format("data_format", data_format)
 
     alpha = ScalarVariable(check_alpha, "The Beta(alpha, alpha) parameter.")
 
@@ -119,18 +122,10 @@ class CutMixLayer(BaseMixing):
             xp,
             images,
             mode=self.mode,
-            probability=xp.value(self.probability_variable),
-            cutmix_alpha=xp.value(self.alpha_variable),
-            correct_lam=self.correct_lam,
-            minmax=self.minmax,
-            axes=self._axes(images),
+            probability=xp.scalar("probability"),
+            cutmix_alpha=xp.scalar("alpha"),
+            **self._cut_arguments(images),
         )
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "alpha": self.alpha,
-            "correct_lam": self.correct_lam,
-            "minmax": self.minmax,
-            "data_format": self.data_format,
-        }
+        return {**super().get_config(), "alpha": self.alpha}

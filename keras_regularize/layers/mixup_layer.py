@@ -2,9 +2,9 @@
 
 from keras_regularize._export import export
 from keras_regularize._variables import ScalarVariable
-from keras_regularize.layers._mixing import BaseMixing
-from keras_regularize.layers._mixing import check_alpha
-from keras_regularize.layers._mixing import mix_batch
+from keras_regularize.layers._mixing_layer import BaseMixing
+from keras_regularize.layers._mixing_layer import check_alpha
+from keras_regularize.layers._mixing_math import mix_batch
 
 
 @export("keras_regularize.layers.MixupLayer")
@@ -52,7 +52,10 @@ class MixupLayer(BaseMixing):
     from seeded uniform and normal draws, so it also compiles under
     TensorFlow XLA. `alpha` and `probability` live in non-trainable
     variables: a callback may set `layer.alpha = 0.4` or
-    `layer.probability = 0.0` (to stop mixing) during training.
+    `layer.probability = 0.0` (to stop mixing) during training. The new
+    value reaches the next batches on every backend, in `fit` and in a
+    running `tf.data` pipeline alike; batches the pipeline has already
+    prepared (prefetched) were mixed with the old value.
 
     Args:
         alpha: Float > 0, the Beta distribution's parameter. Defaults to
@@ -87,14 +90,24 @@ class MixupLayer(BaseMixing):
 
     Example:
 
-    >>> layer = keras_regularize.layers.MixupLayer(
-    ...     alpha=0.4, num_classes=3, seed=0)
-    >>> images = np.ones((4, 8, 8, 3), "float32")
-    >>> images, labels = layer((images, np.array([0, 1, 2, 0])))
-    >>> tuple(labels.shape)
-    (4, 3)
-    >>> np.allclose(keras.ops.convert_to_numpy(labels).sum(axis=1), 1.0)
-    True
+    >>> mixup = keras_regularize.layers.MixupLayer(
+    ...     alpha=0.2, num_classes=3, seed=0)
+    >>> images = np.random.default_rng(0).random((4, 8, 8, 3), "float32")
+    >>> labels = np.array([0, 1, 2, 0])
+    >>> mixed, targets = mixup((images, labels))
+    >>> tuple(mixed.shape), tuple(targets.shape)  # soft targets, 3 classes
+    ((4, 8, 8, 3), (4, 3))
+
+    In a pipeline: `dataset.batch(32).map(mixup)`. A callback may stop
+    mixing for the last epochs; labels then come back one-hot:
+
+    >>> mixup.probability = 0.0
+    >>> _, targets = mixup((images, labels))
+    >>> keras.ops.convert_to_numpy(targets)
+    array([[1., 0., 0.],
+           [0., 1., 0.],
+           [0., 0., 1.],
+           [1., 0., 0.]], dtype=float32)
 
     References:
         - [Zhang et al., 2018](https://arxiv.org/abs/1710.09412)
@@ -127,8 +140,8 @@ class MixupLayer(BaseMixing):
             xp,
             images,
             mode=self.mode,
-            probability=xp.value(self.probability_variable),
-            mixup_alpha=xp.value(self.alpha_variable),
+            probability=xp.scalar("probability"),
+            mixup_alpha=xp.scalar("alpha"),
         )
 
     def get_config(self):

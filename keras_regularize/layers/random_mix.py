@@ -1,18 +1,15 @@
 """MixUp or CutMix, chosen at random for each batch, pair or sample."""
 
 from keras_regularize._export import export
-from keras_regularize._validation import check_bool
-from keras_regularize._validation import check_data_format
 from keras_regularize._variables import ScalarVariable
-from keras_regularize.layers._mixing import BaseMixing
-from keras_regularize.layers._mixing import check_alpha
-from keras_regularize.layers._mixing import check_minmax
-from keras_regularize.layers._mixing import check_probability
-from keras_regularize.layers._mixing import mix_batch
+from keras_regularize.layers._mixing_cut import BaseCutMixing
+from keras_regularize.layers._mixing_layer import check_alpha
+from keras_regularize.layers._mixing_layer import check_probability
+from keras_regularize.layers._mixing_math import mix_batch
 
 
 @export("keras_regularize.layers.RandomMix")
-class RandomMix(BaseMixing):
+class RandomMix(BaseCutMixing):
     """Applies CutMix with probability `switch_prob`, otherwise MixUp.
 
     The choice is made once per batch (`mode="batch"`), per pair of samples
@@ -28,8 +25,9 @@ class RandomMix(BaseMixing):
     With `training=False` the images are returned untouched and the labels
     are converted exactly as in training, minus the mixing. `mixup_alpha`,
     `cutmix_alpha`, `switch_prob` and `probability` live in non-trainable
-    variables, so callbacks may change them during training. To mix on
-    device inside `fit`, wrap the model in
+    variables, so callbacks may change them during training, in `fit` or in
+    a running `tf.data` pipeline (batches already prefetched keep the old
+    values). To mix on device inside `fit`, wrap the model in
     `keras_regularize.models.MixingModel(model, RandomMix(...))`.
 
     Args:
@@ -67,19 +65,24 @@ class RandomMix(BaseMixing):
 
     Example:
 
-    >>> layer = keras_regularize.layers.RandomMix(
+    >>> mix = keras_regularize.layers.RandomMix(
     ...     num_classes=10, mode="elem", seed=0)
-    >>> images = np.random.default_rng(0).random((5, 16, 16, 3))
-    >>> mixed, labels = layer((images.astype("float32"), np.arange(5)))
-    >>> tuple(mixed.shape), tuple(labels.shape)
-    ((5, 16, 16, 3), (5, 10))
+    >>> images = np.random.default_rng(0).random((8, 16, 16, 3), "float32")
+    >>> mixed, targets = mix((images, np.arange(8)))
+    >>> tuple(mixed.shape), tuple(targets.shape)
+    ((8, 16, 16, 3), (8, 10))
+
+    Each sample was blended (MixUp) or got a box pasted (CutMix). A
+    callback may shift the balance, e.g. to CutMix only:
+
+    >>> mix.switch_prob = 1.0
+    >>> mix.get_config()["switch_prob"]
+    1.0
 
     References:
         - [Zhang et al., 2018](https://arxiv.org/abs/1710.09412)
         - [Yun et al., 2019](https://arxiv.org/abs/1905.04899)
     """
-
-    _needs_spatial_axes = True
 
     def __init__(
         self,
@@ -97,6 +100,9 @@ class RandomMix(BaseMixing):
         **kwargs,
     ):
         super().__init__(
+            correct_lam=correct_lam,
+            minmax=minmax,
+            data_format=data_format,
             num_classes=num_classes,
             label_smoothing=label_smoothing,
             mode=mode,
@@ -107,9 +113,6 @@ class RandomMix(BaseMixing):
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.switch_prob = switch_prob
-        self.correct_lam = check_bool("correct_lam", correct_lam)
-        self.minmax = check_minmax("minmax", minmax)
-        self.data_format = check_data_format("data_format", data_format)
 
     mixup_alpha = ScalarVariable(check_alpha, "MixUp's Beta parameter.")
     cutmix_alpha = ScalarVariable(check_alpha, "CutMix's Beta parameter.")
@@ -122,13 +125,11 @@ class RandomMix(BaseMixing):
             xp,
             images,
             mode=self.mode,
-            probability=xp.value(self.probability_variable),
-            mixup_alpha=xp.value(self.mixup_alpha_variable),
-            cutmix_alpha=xp.value(self.cutmix_alpha_variable),
-            switch_prob=xp.value(self.switch_prob_variable),
-            correct_lam=self.correct_lam,
-            minmax=self.minmax,
-            axes=self._axes(images),
+            probability=xp.scalar("probability"),
+            mixup_alpha=xp.scalar("mixup_alpha"),
+            cutmix_alpha=xp.scalar("cutmix_alpha"),
+            switch_prob=xp.scalar("switch_prob"),
+            **self._cut_arguments(images),
         )
 
     def get_config(self):
@@ -137,7 +138,4 @@ class RandomMix(BaseMixing):
             "mixup_alpha": self.mixup_alpha,
             "cutmix_alpha": self.cutmix_alpha,
             "switch_prob": self.switch_prob,
-            "correct_lam": self.correct_lam,
-            "minmax": self.minmax,
-            "data_format": self.data_format,
         }

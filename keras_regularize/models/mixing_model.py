@@ -5,7 +5,7 @@ from keras import ops
 
 from keras_regularize._export import export
 from keras_regularize._validation import fail
-from keras_regularize.layers._mixing import KerasOps
+from keras_regularize._value_checks import require
 
 
 class _PendingMix:
@@ -107,10 +107,7 @@ class MixingModel(keras.Model):
                     if name == "model"
                     else "a mixing layer from keras_regularize.layers"
                 )
-                raise ValueError(
-                    f"Invalid value received for argument `{name}`. Expected "
-                    f"{expected}. Received: {name}={value!r}"
-                )
+                fail(name, expected, value)
         self.model = model
         self.mixer = mixer
         self._pending = _PendingMix()
@@ -282,7 +279,7 @@ def _ids_in_range(ids, classes):
         return ids, None
     checked = ops.cast(ids, "int32")
     valid = ops.logical_and(checked >= 0, checked < classes)
-    ids = KerasOps.require(
+    ids = require(
         valid,
         checked,
         "labels",

@@ -7,6 +7,7 @@ from scipy import stats
 
 from keras_regularize.layers import CutMixLayer
 from tests import harness
+from tests.layers.mixup_layer_test import TF_DATA
 
 
 def first(outputs):
@@ -305,11 +306,9 @@ def test_symbolic_batch_of_unknown_size_channels_first():
     assert tuple(targets.shape) == (None, 4)
 
 
-@pytest.mark.parametrize("simulated_backend", [None, "jax"])
-def test_tf_data_channels_first(monkeypatch, simulated_backend):
+@TF_DATA
+def test_tf_data_channels_first(pipeline):
     tf = pytest.importorskip("tensorflow")
-    if simulated_backend:
-        monkeypatch.setattr(keras.config, "backend", lambda: "jax")
     batch = 8
     x = tagged(16, (6, 6), "channels_first")
     layer = CutMixLayer(num_classes=16, data_format="channels_first", seed=1)

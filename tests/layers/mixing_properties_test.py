@@ -10,9 +10,11 @@ from hypothesis import strategies as st
 from keras_regularize.layers import CutMixLayer
 from keras_regularize.layers import MixupLayer
 from keras_regularize.layers import RandomMix
-from keras_regularize.layers import _mixing
+from keras_regularize.layers._mixing_math import make_partners
+from keras_regularize.layers._mixing_ops import KerasOps
 from tests import harness
 from tests.layers.cut_mix_layer_test import check_exact_boxes
+from tests.layers.mixup_layer_test import TF_DATA
 
 LAYERS = {
     "mixup": lambda mode, seed: MixupLayer(mode=mode, seed=seed),
@@ -55,8 +57,8 @@ def test_cutmix_label_weight_is_exactly_the_pasted_area(
     seed=st.integers(0, 2**16),
 )
 def test_partners_never_self_pair(mode, batch, seed):
-    xp = _mixing.KerasOps(keras.random.SeedGenerator(seed))
-    partner = harness.to_numpy(_mixing.make_partners(xp, batch, mode))
+    xp = KerasOps(keras.random.SeedGenerator(seed))
+    partner = harness.to_numpy(make_partners(xp, batch, mode))
     assert sorted(partner.tolist()) == list(range(batch))
     assert np.all(partner != np.arange(batch)), partner
 
@@ -75,8 +77,8 @@ def test_mixing_layers_never_self_pair(kind, mode):
 @settings(max_examples=10, deadline=None)
 @given(batch=st.integers(1, 40), seed=st.integers(0, 2**16))
 def test_pair_mode_is_an_involution_leaving_only_an_odd_one_alone(batch, seed):
-    xp = _mixing.KerasOps(keras.random.SeedGenerator(seed))
-    partner = harness.to_numpy(_mixing.make_partners(xp, batch, "pair"))
+    xp = KerasOps(keras.random.SeedGenerator(seed))
+    partner = harness.to_numpy(make_partners(xp, batch, "pair"))
     np.testing.assert_array_equal(partner[partner], np.arange(batch))
     assert int(np.sum(partner == np.arange(batch))) == batch % 2
 
@@ -85,11 +87,11 @@ def test_pair_mode_is_an_involution_leaving_only_an_odd_one_alone(batch, seed):
 def test_no_self_pairs_over_many_draws(mode):
     # The permutation this replaced left about one sample per batch
     # unmixed; every draw here must leave none.
-    xp = _mixing.KerasOps(keras.random.SeedGenerator(0))
+    xp = KerasOps(keras.random.SeedGenerator(0))
     for batch in (2, 3, 5, 32):
         counts = np.zeros((batch, batch))
         for _ in range(60):
-            partner = harness.to_numpy(_mixing.make_partners(xp, batch, mode))
+            partner = harness.to_numpy(make_partners(xp, batch, mode))
             assert sorted(partner.tolist()) == list(range(batch))
             counts[np.arange(batch), partner] += 1
         assert np.trace(counts) == 0
@@ -101,10 +103,10 @@ def test_no_self_pairs_over_many_draws(mode):
 
 @pytest.mark.parametrize("mode", ["batch", "pair", "elem"])
 def test_a_batch_of_one_or_none(mode):
-    xp = _mixing.KerasOps(keras.random.SeedGenerator(0))
-    assert harness.to_numpy(_mixing.make_partners(xp, 1, mode)).tolist() == [0]
-    assert harness.to_numpy(_mixing.make_partners(xp, 0, mode)).size == 0
-    two = harness.to_numpy(_mixing.make_partners(xp, 2, mode)).tolist()
+    xp = KerasOps(keras.random.SeedGenerator(0))
+    assert harness.to_numpy(make_partners(xp, 1, mode)).tolist() == [0]
+    assert harness.to_numpy(make_partners(xp, 0, mode)).size == 0
+    two = harness.to_numpy(make_partners(xp, 2, mode)).tolist()
     assert two == [1, 0]
 
 
@@ -127,11 +129,9 @@ def test_no_self_pairs_inside_a_compiled_step_with_unknown_batch(jit):
         assert np.all(partner != np.arange(batch))
 
 
-@pytest.mark.parametrize("simulated_backend", [None, "jax"])
-def test_no_self_pairs_in_tf_data(monkeypatch, simulated_backend):
+@TF_DATA
+def test_no_self_pairs_in_tf_data(pipeline):
     tf = pytest.importorskip("tensorflow")
-    if simulated_backend:
-        monkeypatch.setattr(keras.config, "backend", lambda: "jax")
     n = 40
     layer = MixupLayer(alpha=1.0, num_classes=n, mode="elem", seed=3)
     ids = np.arange(n)

@@ -7,8 +7,33 @@ from scipy import special
 from scipy import stats
 
 from keras_regularize.layers import MixupLayer
-from keras_regularize.layers import _mixing
+from keras_regularize.layers import _mixing_math
+from keras_regularize.layers import _mixing_ops
 from tests import harness
+
+# tf.data tests run twice: through Keras's own ops under the tensorflow
+# backend, and through the TensorFlow operation set under jax or torch
+# (marked `tf_data`: TensorFlow must be installed beside that backend).
+TF_DATA = pytest.mark.parametrize(
+    "pipeline",
+    [
+        pytest.param(
+            "tensorflow",
+            marks=pytest.mark.skipif(
+                harness.BACKEND != "tensorflow", reason="tensorflow backend"
+            ),
+        ),
+        pytest.param(
+            "foreign",
+            marks=[
+                pytest.mark.tf_data,
+                pytest.mark.skipif(
+                    harness.BACKEND == "tensorflow", reason="jax/torch backend"
+                ),
+            ],
+        ),
+    ],
+)
 
 
 def first(outputs):
@@ -53,9 +78,9 @@ def test_lambda_follows_beta(alpha):
 def test_gamma_sampler_is_exact_on_many_draws(alpha):
     # float32 lambdas cannot resolve Beta(0.2, 0.2)'s tails at 1e5 draws, so
     # test the log-gamma draws and the logit of lambda in float64 instead.
-    xp = _mixing.KerasOps(keras.random.SeedGenerator(3))
+    xp = _mixing_ops.KerasOps(keras.random.SeedGenerator(3))
     alpha_t = keras.ops.convert_to_tensor(alpha, "float32")
-    g = harness.to_numpy(_mixing.log_gamma(xp, alpha_t, (2, 50000)))
+    g = harness.to_numpy(_mixing_math.log_gamma(xp, alpha_t, (2, 50000)))
     g = g.astype("float64")
     gamma_p = stats.kstest(np.exp(g[0]), stats.gamma(alpha).cdf).pvalue
     beta_cdf = stats.beta(alpha, alpha).cdf
@@ -277,15 +302,9 @@ def tf_data_pipeline(layer, x, y, as_dict=False):
     return list(dataset.as_numpy_iterator())
 
 
-@pytest.mark.parametrize("simulated_backend", [None, "jax"])
-def test_tf_data_map(monkeypatch, simulated_backend):
+@TF_DATA
+def test_tf_data_map(pipeline):
     pytest.importorskip("tensorflow")
-    if simulated_backend:
-        # Under the jax/torch backend a tf.data map runs the TensorFlow
-        # twin of the maths (`_backend.tf_mixing_ops`). TensorFlow is only in
-        # the tensorflow venv, so make the layer believe another backend is
-        # active to exercise that path here.
-        monkeypatch.setattr(keras.config, "backend", lambda: "jax")
     x = np.random.default_rng(0).normal(size=(12, 5, 5, 2)).astype("float32")
     ids = np.arange(12) % 4
     for layer in (
@@ -496,11 +515,9 @@ def test_every_mixed_row_has_exactly_two_classes(mode):
     np.testing.assert_array_equal((labels != 0).sum(axis=1), 2)
 
 
-@pytest.mark.parametrize("simulated_backend", [None, "jax"])
-def test_tf_data_refuses_out_of_range_ids(monkeypatch, simulated_backend):
+@TF_DATA
+def test_tf_data_refuses_out_of_range_ids(pipeline):
     tf = pytest.importorskip("tensorflow")
-    if simulated_backend:
-        monkeypatch.setattr(keras.config, "backend", lambda: "jax")
     x = np.ones((8, 3, 3, 1), "float32")
     layer = MixupLayer(num_classes=3, seed=0)
     cases = ((np.array([0, 1, 2, 5] * 2), 5), (-np.ones(8, "int64"), -1))
