@@ -11,12 +11,19 @@ from keras_regularize._validation import fail
 SUFFIX = ".weights.h5"
 
 
-def _checked(path):
-    if isinstance(path, os.PathLike):
-        path = os.fspath(path)
+def check_weights_path(name, value, expected=f"a path ending in '{SUFFIX}'"):
+    """`value` (a string or path-like ending in `.weights.h5`) as a string.
+
+    Raises the package's argument error for `name` otherwise.
+    """
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
     if not isinstance(path, str) or not path.endswith(SUFFIX):
-        fail("path", f"a path ending in '{SUFFIX}'", path)
+        fail(name, expected, value)
     return path
+
+
+def _checked(path):
+    return check_weights_path("path", path)
 
 
 def temporary_path(path):

@@ -2,7 +2,6 @@
 
 import contextlib
 import math
-import os
 import warnings
 
 import keras
@@ -10,6 +9,7 @@ import keras
 from keras_regularize._backend import sync_model_state
 from keras_regularize._checkpoint import SUFFIX
 from keras_regularize._checkpoint import atomic_save_weights
+from keras_regularize._checkpoint import check_weights_path
 from keras_regularize._checkpoint import ensure_writable
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
@@ -156,9 +156,10 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             warning once. Defaults to `False`.
         verbose: `0` (silent) or `1` (print why training stopped and which
             epoch was restored). Defaults to `0`.
-        restore_best: Bool. The name this argument had before 0.2, still
-            accepted (also as an attribute); passing both names with
-            different values raises a `ValueError`.
+        restore_best: Bool. Alias of `restore_best_weights` (its name in
+            keras_regularize 0.1.0), still accepted, also as an attribute.
+            Passing both names with different values raises a
+            `ValueError`.
 
     Example:
 
@@ -206,13 +207,11 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             restore_best_weights, restore_best
         )
         if checkpoint_path is not None:
-            expected = f"None or a path ending in '{SUFFIX}'"
-            if not isinstance(checkpoint_path, (str, os.PathLike)):
-                fail("checkpoint_path", expected, checkpoint_path)
-            path = os.fspath(checkpoint_path)
-            if not isinstance(path, str) or not path.endswith(SUFFIX):
-                fail("checkpoint_path", expected, checkpoint_path)
-            checkpoint_path = path
+            checkpoint_path = check_weights_path(
+                "checkpoint_path",
+                checkpoint_path,
+                f"None or a path ending in '{SUFFIX}'",
+            )
         self.checkpoint_path = checkpoint_path
         self.save_optimizer = check_bool("save_optimizer", save_optimizer)
         self.stopping_threshold = _finite_or_none(
@@ -234,7 +233,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
 
     @property
     def restore_best(self):
-        """Alias of `restore_best_weights` (the name before 0.2)."""
+        """Alias of `restore_best_weights` (its name in 0.1.0)."""
         return self.restore_best_weights
 
     @restore_best.setter
