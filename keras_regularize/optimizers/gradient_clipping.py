@@ -24,7 +24,6 @@ from keras_regularize.constraints._kernel_layout import kernel_units
 from keras_regularize.optimizers._wrapper import OptimizerWrapper
 from keras_regularize.optimizers._wrapper import global_norm
 
-METHODS = ("global_norm", "value", "agc", "auto", "none")
 DEFAULT_THRESHOLDS = {"global_norm": 1.0, "value": 1.0, "agc": 0.01}
 
 
@@ -132,6 +131,77 @@ def _unit_norms(x, axes):
     return ops.sqrt(ops.sum(ops.square(x), axis=axes, keepdims=True))
 
 
+# One function per `method`, optax-style: each takes the wrapper (for its
+# threshold and state), the gradients, their variables and their global norm
+# before clipping, and returns the gradients to hand on and a bool tensor,
+# whether it clipped anything this step.
+
+
+def _scale(grads, scale):
+    return [g * ops.cast(scale, g.dtype) for g in grads]
+
+
+def _clip_global_norm(optimizer, grads, variables, norm):
+    threshold = optimizer._threshold_tensor()
+    # Keras's `global_clipnorm` arithmetic, so results match it exactly;
+    # adding `norm - norm` turns the scale into NaN for non-finite norms.
+    scale = threshold * ops.minimum(1.0 / norm, 1.0 / threshold)
+    scale = scale + (norm - norm)
+    return _scale(grads, scale), norm > threshold
+
+
+def _clip_value(optimizer, grads, variables, norm):
+    threshold = optimizer._threshold_tensor()
+    peaks = [ops.max(ops.abs(ops.cast(g, "float32"))) for g in grads]
+    fired = ops.max(ops.stack(peaks)) > threshold
+    clipped = [
+        ops.clip(g, ops.cast(-threshold, g.dtype), ops.cast(threshold, g.dtype))
+        for g in grads
+    ]
+    return clipped, fired
+
+
+def _clip_agc(optimizer, grads, variables, norm):
+    factor = optimizer._threshold_tensor()
+    clipped, flags = [], []
+    for g, w in zip(grads, variables):
+        if type(g).__name__ == "IndexedSlices":
+            # TensorFlow's sparse Embedding gradient holds one slice per
+            # lookup; a row's norm needs its repeats summed.
+            g = ops.add(g, ops.zeros(tuple(w.shape), g.dtype))
+        axes = optimizer._agc_axes.get(id(w))
+        if axes is None:
+            axes = default_unit_axes(w)
+        g_norm = _unit_norms(g, axes)
+        limit = factor * ops.maximum(_unit_norms(w, axes), optimizer.epsilon)
+        over = g_norm > limit
+        scale = ops.where(over, limit / ops.maximum(g_norm, 1e-6), 1.0)
+        clipped.append(g * ops.cast(scale, g.dtype))
+        flags.append(ops.any(over))
+    return clipped, ops.any(ops.stack(flags))
+
+
+def _clip_auto(optimizer, grads, variables, norm):
+    threshold = optimizer._auto_threshold(norm)
+    fired = norm > threshold
+    scale = ops.where(fired, threshold / norm, 1.0) + (norm - norm)
+    return _scale(grads, scale), fired
+
+
+def _clip_none(optimizer, grads, variables, norm):
+    return grads, ops.convert_to_tensor(False)
+
+
+CLIPPERS = {
+    "global_norm": _clip_global_norm,
+    "value": _clip_value,
+    "agc": _clip_agc,
+    "auto": _clip_auto,
+    "none": _clip_none,
+}
+METHODS = tuple(CLIPPERS)
+
+
 @export("keras_regularize.optimizers.GradientClipping")
 class GradientClipping(OptimizerWrapper):
     """Clips gradients, records their norm, then calls an optimizer.
@@ -196,14 +266,29 @@ class GradientClipping(OptimizerWrapper):
 
     Example:
 
+    Wrap the optimizer given to `compile`; `callbacks.GradientNormLogger`
+    logs the statistics it records:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     >>> opt = keras_regularize.optimizers.GradientClipping(
-    ...     keras.optimizers.SGD(1.0), method="global_norm", threshold=1.0)
-    >>> w = keras.Variable(np.zeros(2, "float32"))
+    ...     keras.optimizers.Adam(1e-3), method="global_norm", threshold=1.0)
+    >>> model.compile(optimizer=opt, loss="mse")
+    >>> x, y = np.ones((32, 4)), np.full((32, 1), 10.0)
+    >>> history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    >>> stats = opt.norm_statistics()
+    >>> stats["steps"], stats["clip_rate"]  # every step's norm was over 1
+    (4.0, 1.0)
+
+    One step by hand shows what clipping does to the update:
+
+    >>> opt = keras_regularize.optimizers.GradientClipping(
+    ...     keras.optimizers.SGD(learning_rate=1.0), threshold=1.0)
+    >>> w = keras.Variable([0.0, 0.0])
     >>> opt.apply([keras.ops.convert_to_tensor([3.0, 4.0])], [w])
-    >>> float(opt.gradient_norm.numpy())  # recorded before clipping
+    >>> opt.norm_statistics()["grad_norm"]  # recorded before clipping
     5.0
-    >>> [round(float(v), 3) for v in keras.ops.convert_to_numpy(w)]  # norm 1
-    [-0.6, -0.8]
+    >>> keras.ops.convert_to_numpy(w).round(3)  # a step of norm 1, not 5
+    array([-0.6, -0.8], dtype=float32)
 
     References:
         - [Pascanu et al., 2013](https://arxiv.org/abs/1211.5063)
@@ -331,13 +416,6 @@ class GradientClipping(OptimizerWrapper):
     def _threshold_tensor(self):
         return ops.convert_to_tensor(self.threshold_variable, "float32")
 
-    def _clip_global(self, grads, norm, threshold):
-        # Keras's `global_clipnorm` arithmetic, so results match it exactly;
-        # adding `norm - norm` turns the scale into NaN for non-finite norms.
-        scale = threshold * ops.minimum(1.0 / norm, 1.0 / threshold)
-        scale = scale + (norm - norm)
-        return [g * ops.cast(scale, g.dtype) for g in grads]
-
     def _auto_threshold(self, norm):
         size = self.history_size
         finite = ops.isfinite(norm)
@@ -369,49 +447,7 @@ class GradientClipping(OptimizerWrapper):
 
     def transform_gradients(self, grads, variables):
         norm = global_norm(grads)
-        method = self.method
-        if method == "global_norm":
-            threshold = self._threshold_tensor()
-            fired = norm > threshold
-            grads = self._clip_global(grads, norm, threshold)
-        elif method == "value":
-            threshold = self._threshold_tensor()
-            peaks = [ops.max(ops.abs(ops.cast(g, "float32"))) for g in grads]
-            fired = ops.max(ops.stack(peaks)) > threshold
-            grads = [
-                ops.clip(
-                    g,
-                    ops.cast(-threshold, g.dtype),
-                    ops.cast(threshold, g.dtype),
-                )
-                for g in grads
-            ]
-        elif method == "agc":
-            factor = self._threshold_tensor()
-            clipped, flags = [], []
-            for g, w in zip(grads, variables):
-                if type(g).__name__ == "IndexedSlices":
-                    # TensorFlow's sparse Embedding gradient holds one slice
-                    # per lookup; a row's norm needs its repeats summed.
-                    g = ops.add(g, ops.zeros(tuple(w.shape), g.dtype))
-                axes = self._agc_axes.get(id(w))
-                if axes is None:
-                    axes = default_unit_axes(w)
-                g_norm = _unit_norms(g, axes)
-                limit = factor * ops.maximum(_unit_norms(w, axes), self.epsilon)
-                over = g_norm > limit
-                scale = ops.where(over, limit / ops.maximum(g_norm, 1e-6), 1.0)
-                clipped.append(g * ops.cast(scale, g.dtype))
-                flags.append(ops.any(over))
-            grads = clipped
-            fired = ops.any(ops.stack(flags))
-        elif method == "auto":
-            threshold = self._auto_threshold(norm)
-            fired = norm > threshold
-            scale = ops.where(fired, threshold / norm, 1.0) + (norm - norm)
-            grads = [g * ops.cast(scale, g.dtype) for g in grads]
-        else:
-            fired = ops.convert_to_tensor(False)
+        grads, fired = CLIPPERS[self.method](self, grads, variables, norm)
         self.gradient_norm.assign(norm)
         read = ops.convert_to_tensor
         self.norm_sum.assign(read(self.norm_sum) + norm)
