@@ -75,7 +75,7 @@ def main():
         model.compile(optimizer="adam", loss=SCCE, **kwargs)
         return model
 
-    ours = compiled(Distiller(student(), teacher()))
+    ours = compiled(Distiller(student=student(), teacher=teacher()))
     theirs = compiled(
         keras.distillation.Distiller(
             teacher=teacher(),
@@ -87,7 +87,9 @@ def main():
         )
     )
     cached = compiled(
-        Distiller(student(), teacher(), cache_teacher_outputs=True)
+        Distiller(
+            student=student(), teacher=teacher(), cache_teacher_outputs=True
+        )
     )
     alone = compiled(student())
     forward = teacher()

@@ -75,8 +75,8 @@ def main():
 
         student = mlp(**STUDENT, seed=seed)  # same initial weights as alone
         distiller = kr.models.Distiller(
-            student,
-            teacher,
+            student=student,
+            teacher=teacher,
             temperature=4.0,
             alpha=0.7,
             cache_teacher_outputs=True,

@@ -239,8 +239,8 @@ ROWS = {
     ),
     "keras_regularize.models.Distiller": _row(
         lambda student=D, teacher=D, **kw: kr.models.Distiller(
-            _tiny_model() if student is D else student,
-            _tiny_model() if teacher is D else teacher,
+            student=_tiny_model() if student is D else student,
+            teacher=_tiny_model() if teacher is D else teacher,
             **kw,
         ),
         student=MODEL,

@@ -73,8 +73,8 @@ def train_seed(seed, epochs, split):
 
     student = build_student(seed)
     distiller = kr.models.Distiller(
-        student,
-        teacher,
+        student=student,
+        teacher=teacher,
         temperature=TEMPERATURE,
         alpha=ALPHA,
         cache_teacher_outputs=True,

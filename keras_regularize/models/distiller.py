@@ -41,6 +41,21 @@ def _is_in_memory(x):
     )
 
 
+def _refuse_positional(cls, args):
+    received = ", ".join(
+        repr(a.name) if isinstance(a, keras.Model) else type(a).__name__
+        for a in args
+    )
+    raise TypeError(
+        f"{cls.__name__} takes `student` and `teacher` as keyword arguments "
+        f"only: call `{cls.__name__}(student=..., teacher=...)`. The two "
+        "orders differ between libraries (keras_regularize 0.1.0 took "
+        "`(student, teacher)`, `keras.distillation.Distiller` takes "
+        "`(teacher, student)`), so a positional call is easily swapped. "
+        f"Received {len(args)} positional argument(s): {received}"
+    )
+
+
 def check_temperature(name, value):
     return check_number(name, value, 0.0, low_open=True)
 
@@ -85,6 +100,11 @@ class Distiller(keras.Model):
     Augmentation layers inside the student see the same inputs as without
     the cache: the teachers always see the raw `x`.
 
+    `student` and `teacher` are keyword-only: `keras.distillation.Distiller`
+    takes `(teacher, student)` where keras_regularize 0.1.0 took `(student,
+    teacher)`, so a positional call raises a `TypeError` rather than risk
+    training the teacher.
+
     Args:
         student: A `keras.Model` producing logits (or probabilities, see
             `from_logits`). It is the model being trained.
@@ -102,23 +122,46 @@ class Distiller(keras.Model):
 
     Example:
 
-    >>> teacher = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
+    >>> x = np.random.rand(64, 8).astype("float32")
+    >>> y = np.random.randint(0, 3, size=(64,))
+    >>> teacher = keras.Sequential([
+    ...     keras.Input((8,)),
+    ...     keras.layers.Dense(32, activation="relu"),
+    ...     keras.layers.Dense(3),
+    ... ])
     >>> student = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3)])
-    >>> distiller = keras_regularize.models.Distiller(student, teacher)
-    >>> distiller.compile(optimizer="sgd", metrics=["accuracy"])
-    >>> x = np.random.rand(16, 8).astype("float32")
-    >>> y = np.random.randint(0, 3, size=(16,))
-    >>> history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    >>> sorted(history.history)
+    >>> distiller = keras_regularize.models.Distiller(
+    ...     student=student, teacher=teacher, temperature=4.0, alpha=0.7)
+    >>> distiller.compile(optimizer="adam", metrics=["accuracy"])
+    >>> history = distiller.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    >>> sorted(history.history)  # both terms of the loss are logged
     ['accuracy', 'distillation_loss', 'loss', 'student_loss']
+    >>> distiller.predict(x[:2], verbose=0).shape  # the student's logits
+    (2, 3)
+
+    Passing the two models by position is refused, whatever the order:
+
+    >>> Distiller = keras_regularize.models.Distiller
+    >>> Distiller(student, teacher)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: Distiller takes `student` and `teacher` as keyword arguments...
 
     References:
         - [Hinton et al., 2015](https://arxiv.org/abs/1503.02531)
         - [Furlanello et al., 2018](https://arxiv.org/abs/1805.04770)
     """
 
+    def __new__(cls, *args, **kwargs):
+        # Runs before `__init__`, so a positional call gets this message
+        # rather than Python's "takes 1 positional argument".
+        if args:
+            _refuse_positional(cls, args)
+        return super().__new__(cls, **kwargs)
+
     def __init__(
         self,
+        *,
         student,
         teacher,
         temperature=4.0,

@@ -72,8 +72,8 @@ def test_one_step_loss_equals_formula(jit, ensemble):
     ]
     student = mlp(8, "s")
     d = Distiller(
-        student,
-        teachers if ensemble > 1 else teachers[0],
+        student=student,
+        teacher=teachers if ensemble > 1 else teachers[0],
         temperature=3.0,
         alpha=0.6,
     )
@@ -93,7 +93,7 @@ def test_one_step_loss_equals_formula(jit, ensemble):
 @pytest.mark.parametrize("jit", jit_modes())
 def test_class_weight_weights_both_terms(jit):
     student, teacher = mlp(8, "s"), mlp(16, "t", seed=3)
-    d = Distiller(student, teacher, temperature=2.0, alpha=0.5)
+    d = Distiller(student=student, teacher=teacher, temperature=2.0, alpha=0.5)
     d.compile(
         optimizer="sgd",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -128,7 +128,7 @@ def test_teachers_frozen_bit_identical_and_student_runs_once(jit):
         mlp(12, "t1", bn=True, seed=2),
     ]
     before = [weights(t) for t in teachers]
-    d = Distiller(student, teachers)
+    d = Distiller(student=student, teacher=teachers)
     d.compile(optimizer="adam", jit_compile=jit)
     assert {id(v) for v in d.trainable_variables} == {
         id(v) for v in student.trainable_variables
@@ -157,7 +157,9 @@ def test_teacher_cache_calls_teacher_once_per_sample(jit):
         keras.utils.set_random_seed(0)
         counter = Counter()
         teacher = mlp(16, "t", counter=counter, seed=1)
-        d = Distiller(mlp(8, "s"), teacher, cache_teacher_outputs=cache)
+        d = Distiller(
+            student=mlp(8, "s"), teacher=teacher, cache_teacher_outputs=cache
+        )
         # lr 0: weights never move, so with shuffling the epoch means must
         # agree between cached and uncached runs only if rows stay paired.
         d.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit)
@@ -172,7 +174,9 @@ def test_teacher_cache_calls_teacher_once_per_sample(jit):
 
 
 def test_teacher_cache_refuses_datasets_and_generators():
-    d = Distiller(mlp(8, "s"), mlp(16, "t"), cache_teacher_outputs=True)
+    d = Distiller(
+        student=mlp(8, "s"), teacher=mlp(16, "t"), cache_teacher_outputs=True
+    )
     d.compile(optimizer="sgd")
     x, y = data()
 
@@ -190,7 +194,9 @@ def test_teacher_cache_refuses_datasets_and_generators():
 def test_cache_with_validation_split_and_eval_reports_student():
     x, y = data()
     student = mlp(8, "s")
-    d = Distiller(student, mlp(16, "t"), cache_teacher_outputs=True)
+    d = Distiller(
+        student=student, teacher=mlp(16, "t"), cache_teacher_outputs=True
+    )
     d.compile(optimizer="sgd", metrics=["accuracy"])
     h = d.fit(x, y, batch_size=8, epochs=1, verbose=0, validation_split=0.25)
     assert "val_loss" in h.history and "val_accuracy" in h.history
@@ -215,7 +221,7 @@ def test_alpha_set_by_a_callback_reaches_the_compiled_step():
         def on_epoch_begin(self, epoch, logs=None):
             self.model.alpha = 0.0 if epoch == 1 else 1.0
 
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     d.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit_modes()[-1])
     x, y = data()
     h = d.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[ZeroAlpha()])
@@ -226,7 +232,7 @@ def test_alpha_set_by_a_callback_reaches_the_compiled_step():
 
 
 def test_early_stopping_restores_student_weights():
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     d.compile(optimizer=keras.optimizers.SGD(0.5))
     x, y = data()
     stop = keras.callbacks.EarlyStopping(
@@ -240,7 +246,7 @@ def test_early_stopping_restores_student_weights():
 def test_mixed_precision(policy):
     keras.config.set_dtype_policy(policy)
     student, teacher = mlp(8, "s"), mlp(16, "t", bn=True)
-    d = Distiller(student, teacher)
+    d = Distiller(student=student, teacher=teacher)
     d.compile(optimizer="adam", jit_compile=jit_modes()[-1])
     x, y = data()
     h = d.fit(x, y, batch_size=8, epochs=1, verbose=0).history
@@ -274,8 +280,8 @@ def _check_loaded(d, loaded, x, y):
 def test_save_load_continues_fit_without_compile(tmp_path, ensemble):
     teachers = [mlp(16, f"t{i}", bn=True, seed=i) for i in range(ensemble)]
     d = Distiller(
-        mlp(8, "s"),
-        teachers if ensemble > 1 else teachers[0],
+        student=mlp(8, "s"),
+        teacher=teachers if ensemble > 1 else teachers[0],
         temperature=2.0,
         alpha=0.4,
         cache_teacher_outputs=ensemble > 1,
@@ -295,7 +301,7 @@ def test_save_load_continues_fit_without_compile(tmp_path, ensemble):
 
 
 def test_student_loads_without_keras_regularize(tmp_path):
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     d.compile(optimizer="sgd")
     x, y = data()
     d.fit(x, y, epochs=1, verbose=0)
@@ -345,7 +351,7 @@ def test_self_distill_of_a_former_teacher_trains_the_student():
     # A Distiller froze `model` as its teacher; distilling it into a copy of
     # itself must still give a student with weights to train.
     model = mlp(16, "m", seed=3)
-    Distiller(mlp(16, "s", seed=4), model)
+    Distiller(student=mlp(16, "s", seed=4), teacher=model)
     assert not model.trainable
     d = Distiller.self_distill(model)
     assert d.student.trainable_weights
@@ -360,7 +366,9 @@ def test_self_distill_of_a_former_teacher_trains_the_student():
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "torch", reason="jit covered by jit_modes")
 def test_torch_jit_compile():
-    d = Distiller(mlp(8, "s"), [mlp(16, "t0"), mlp(16, "t1", seed=2)])
+    d = Distiller(
+        student=mlp(8, "s"), teacher=[mlp(16, "t0"), mlp(16, "t1", seed=2)]
+    )
     d.compile(optimizer="adam", jit_compile=True)
     x, y = data()
     h = d.fit(x, y, batch_size=8, epochs=2, verbose=0).history
@@ -403,7 +411,7 @@ def test_unbuilt_student_against_teacher_of_another_shape_raises(
         if built_teacher
         else unbuilt(1)
     )
-    d = Distiller(unbuilt(C), teacher)
+    d = Distiller(student=unbuilt(C), teacher=teacher)
     with pytest.raises(
         ValueError,
         match=r"`teacher`.*student's output shape \(None, 4\).*teacher\[0\] "
@@ -414,14 +422,18 @@ def test_unbuilt_student_against_teacher_of_another_shape_raises(
 
 @pytest.mark.parametrize("jit", jit_modes())
 def test_every_unbuilt_ensemble_teacher_is_checked(jit):
-    d = Distiller(mlp(8, "s"), [unbuilt(C), SubclassedNet(C + 1)])
+    d = Distiller(
+        student=mlp(8, "s"), teacher=[unbuilt(C), SubclassedNet(C + 1)]
+    )
     with pytest.raises(ValueError, match=r"teacher\[1\] with output shape"):
         _fit(d, jit)
 
 
 @pytest.mark.parametrize("jit", jit_modes())
 def test_cached_unbuilt_teacher_of_another_shape_raises(jit):
-    d = Distiller(unbuilt(C), unbuilt(C - 1), cache_teacher_outputs=True)
+    d = Distiller(
+        student=unbuilt(C), teacher=unbuilt(C - 1), cache_teacher_outputs=True
+    )
     with pytest.raises(ValueError, match=r"output shape \(None, 3\)"):
         _fit(d, jit)
 
@@ -429,8 +441,10 @@ def test_cached_unbuilt_teacher_of_another_shape_raises(jit):
 def test_predict_and_evaluate_check_unbuilt_shapes_too():
     x, y = data()
     with pytest.raises(ValueError, match=r"output shape \(None, 3\)"):
-        Distiller(unbuilt(C), unbuilt(C - 1)).predict(x, verbose=0)
-    d = Distiller(unbuilt(C), unbuilt(C - 1))
+        Distiller(student=unbuilt(C), teacher=unbuilt(C - 1)).predict(
+            x, verbose=0
+        )
+    d = Distiller(student=unbuilt(C), teacher=unbuilt(C - 1))
     d.compile(optimizer="sgd")
     with pytest.raises(ValueError, match=r"output shape \(None, 3\)"):
         d.evaluate(x, y, verbose=0)
@@ -445,7 +459,7 @@ def test_unbuilt_models_train_and_teachers_stay_frozen(jit, make, which):
     student = make(C) if which != "teacher" else mlp(8, "s")
     teacher = make(C) if which != "student" else mlp(16, "t")
     ensemble = [teacher, make(C)]
-    d = Distiller(student, ensemble)
+    d = Distiller(student=student, teacher=ensemble)
     h = _fit(d, jit)
     assert all(np.isfinite(h[k][0]) for k in h)
     assert all(t.built and not t.trainable for t in ensemble)
@@ -459,7 +473,9 @@ def test_unbuilt_models_train_and_teachers_stay_frozen(jit, make, which):
 @pytest.mark.parametrize("jit", jit_modes())
 def test_unbuilt_teacher_with_cache_and_mixed_precision(jit):
     keras.config.set_dtype_policy("mixed_float16")
-    d = Distiller(unbuilt(C), unbuilt(C), cache_teacher_outputs=True)
+    d = Distiller(
+        student=unbuilt(C), teacher=unbuilt(C), cache_teacher_outputs=True
+    )
     h = _fit(d, jit)
     assert all(np.isfinite(h[k][0]) for k in h)
 
@@ -467,7 +483,7 @@ def test_unbuilt_teacher_with_cache_and_mixed_precision(jit):
 def test_first_direct_call_builds_an_unbuilt_teacher():
     x, _ = data()
     student, teacher = unbuilt(C), unbuilt(C)
-    d = Distiller(student, teacher)
+    d = Distiller(student=student, teacher=teacher)
     np.testing.assert_allclose(to_numpy(d(x)), to_numpy(student(x)))
     assert teacher.built
 
@@ -478,7 +494,7 @@ def test_column_and_one_hot_labels_give_the_flat_label_loss(jit):
     losses = []
     for labels in (y, y[:, None], np.eye(C, dtype="float32")[y]):
         keras.utils.set_random_seed(0)
-        d = Distiller(mlp(8, "s"), mlp(16, "t"))
+        d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
         d.compile(optimizer=keras.optimizers.SGD(0.0), jit_compile=jit)
         x, _ = data()
         logs = d.train_on_batch(x, labels, return_dict=True)
@@ -488,7 +504,7 @@ def test_column_and_one_hot_labels_give_the_flat_label_loss(jit):
 
 @pytest.mark.parametrize("jit", jit_modes())
 def test_labels_of_a_wrong_shape_raise(jit):
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     with pytest.raises(ValueError, match=r"`y`.*y.shape=\(8, 2\)"):
         _fit(d, jit, y=np.zeros((N, 2), "float32"))
 
@@ -498,7 +514,7 @@ def test_labels_of_a_wrong_shape_raise(jit):
 def test_out_of_range_hard_label_raises_or_gives_nan(jit, bad):
     _, y = data()
     y[5] = bad
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     try:
         h = _fit(d, jit, y=y)
     except harness.data_errors() as error:
@@ -512,7 +528,7 @@ def test_out_of_range_hard_label_raises_or_gives_nan(jit, bad):
 
 
 def test_empty_batch_gives_zero_losses():
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     d.compile(optimizer="sgd")
     x, y = data()
     logs = d.train_on_batch(x[:0], y[:0], return_dict=True)
@@ -521,7 +537,7 @@ def test_empty_batch_gives_zero_losses():
 
 @pytest.mark.parametrize("alpha", [0.0, 1.0])
 def test_alpha_zero_or_one_trains_on_one_term(alpha):
-    d = Distiller(mlp(8, "s"), mlp(16, "t"), alpha=alpha)
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"), alpha=alpha)
     d.compile(optimizer=keras.optimizers.SGD(0.0))
     x, y = data()
     logs = d.train_on_batch(x, y, return_dict=True)
@@ -531,23 +547,23 @@ def test_alpha_zero_or_one_trains_on_one_term(alpha):
 
 def test_student_and_teacher_must_be_models():
     with pytest.raises(ValueError, match="argument `student`"):
-        Distiller("not_a_model", mlp(16, "t"))
+        Distiller(student="not_a_model", teacher=mlp(16, "t"))
     with pytest.raises(ValueError, match=r"argument `teacher\[0\]`"):
-        Distiller(mlp(8, "s"), "not_a_model")
+        Distiller(student=mlp(8, "s"), teacher="not_a_model")
     with pytest.raises(ValueError, match="argument `teacher`"):
-        Distiller(mlp(8, "s"), [])
+        Distiller(student=mlp(8, "s"), teacher=[])
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(BACKEND != "torch", reason="jit covered by jit_modes")
 def test_torch_compiled_fit_with_unbuilt_models_and_bad_labels():
-    d = Distiller(unbuilt(C), [unbuilt(C), SubclassedNet(C)])
+    d = Distiller(student=unbuilt(C), teacher=[unbuilt(C), SubclassedNet(C)])
     h = _fit(d, True)
     assert all(np.isfinite(h[k][0]) for k in h)
     _, y = data()
     y[3] = C
     with pytest.raises(ValueError, match=f"y={C}"):
-        _fit(Distiller(mlp(8, "s"), mlp(16, "t")), True, y=y)
+        _fit(Distiller(student=mlp(8, "s"), teacher=mlp(16, "t")), True, y=y)
 
 
 # Bad arguments: a clear error naming the argument and the value.
@@ -559,18 +575,22 @@ BAD_NUMBERS = [float("inf"), float("-inf"), float("nan"), True, "1", None]
 @pytest.mark.parametrize("temperature", [0.0, -2.0] + BAD_NUMBERS)
 def test_bad_temperature(temperature):
     with pytest.raises(ValueError, match="`temperature`.*temperature="):
-        Distiller(mlp(8, "s"), mlp(16, "t"), temperature=temperature)
+        Distiller(
+            student=mlp(8, "s"), teacher=mlp(16, "t"), temperature=temperature
+        )
 
 
 @pytest.mark.parametrize("alpha", [-0.5, 1.01] + BAD_NUMBERS)
 def test_bad_alpha(alpha):
     with pytest.raises(ValueError, match=r"`alpha`.*\[0, 1\].*alpha="):
-        Distiller(mlp(8, "s"), mlp(16, "t"), alpha=alpha)
+        Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"), alpha=alpha)
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0] + BAD_NUMBERS)
 def test_bad_hyperparameter_assignment_keeps_the_old_value(value):
-    d = Distiller(mlp(8, "s"), mlp(16, "t"), temperature=3.0, alpha=0.5)
+    d = Distiller(
+        student=mlp(8, "s"), teacher=mlp(16, "t"), temperature=3.0, alpha=0.5
+    )
     with pytest.raises(ValueError, match=r"temperature="):
         d.temperature = value
     if value != 0.0:
@@ -585,11 +605,11 @@ def test_bad_hyperparameter_assignment_keeps_the_old_value(value):
 @pytest.mark.parametrize("value", [1, 0, "no", None])
 def test_bool_arguments_take_bools_only(name, value):
     with pytest.raises(ValueError, match=rf"`{name}`.*{name}="):
-        Distiller(mlp(8, "s"), mlp(16, "t"), **{name: value})
+        Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"), **{name: value})
 
 
 def test_bad_alpha_assignment():
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     with pytest.raises(ValueError, match="`alpha`"):
         d.alpha = 2.0
 
@@ -601,30 +621,93 @@ def test_output_shape_mismatch_shows_both_shapes():
         match=r"`teacher`.*\(None, 4\).*teacher\[0\] with output shape "
         r"\(None, 5\)",
     ):
-        Distiller(mlp(8, "s"), teacher)
+        Distiller(student=mlp(8, "s"), teacher=teacher)
 
 
 def test_ensemble_shape_mismatch():
     odd = keras.Sequential([keras.Input((D,)), keras.layers.Dense(5)])
     with pytest.raises(ValueError, match=r"teacher\[1\].*\(None, 5\)"):
-        Distiller(mlp(8, "s"), [mlp(16, "t"), odd])
+        Distiller(student=mlp(8, "s"), teacher=[mlp(16, "t"), odd])
 
 
 def test_student_is_teacher():
     model = mlp(8, "s")
     with pytest.raises(ValueError, match="`teacher`.*self_distill"):
-        Distiller(model, model)
+        Distiller(student=model, teacher=model)
     with pytest.raises(ValueError, match="`teacher`"):
-        Distiller(model, [mlp(16, "t"), model])
+        Distiller(student=model, teacher=[mlp(16, "t"), model])
 
 
 def test_not_a_model():
     with pytest.raises(ValueError, match="`teacher\\[0\\]`.*keras.Model"):
-        Distiller(mlp(8, "s"), lambda x: x)
+        Distiller(student=mlp(8, "s"), teacher=lambda x: x)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs",
+    [
+        ((0, 1), {}),
+        ((1, 0), {}),
+        ((0,), {"teacher": 1}),
+        ((0, 1), {"temperature": 2.0}),
+    ],
+    ids=["student-teacher", "teacher-student", "one", "with-keywords"],
+)
+def test_positional_models_are_refused_with_the_reason(args, kwargs):
+    models = [mlp(8, "s"), mlp(16, "t")]
+    kwargs = {k: models[v] if k == "teacher" else v for k, v in kwargs.items()}
+    with pytest.raises(TypeError) as info:
+        Distiller(*(models[i] for i in args), **kwargs)
+    message = str(info.value)
+    assert "keyword arguments only" in message
+    assert "Distiller(student=..., teacher=...)" in message
+    assert "`(student, teacher)`" in message
+    assert "keras.distillation.Distiller" in message
+    assert "`(teacher, student)`" in message
+    received = ", ".join(repr(models[i].name) for i in args)
+    assert f"Received {len(args)} positional argument(s): {received}" in (
+        message
+    )
+    # Nothing was frozen: the call failed before any teacher was touched.
+    assert all(m.trainable for m in models)
+
+
+def test_keywords_in_either_order_give_the_same_distiller():
+    student, teacher = mlp(8, "s"), mlp(16, "t")
+    a = Distiller(student=student, teacher=teacher)
+    b = Distiller(teacher=teacher, student=student)
+    assert a.student is b.student is student
+    assert a.teacher is b.teacher is teacher
+
+
+def test_student_and_teacher_are_required():
+    with pytest.raises(TypeError, match="teacher"):
+        Distiller(student=mlp(8, "s"))
+    with pytest.raises(TypeError, match="student"):
+        Distiller(teacher=mlp(16, "t"))
+
+
+def test_config_round_trip_with_keyword_only_models():
+    d = Distiller(
+        student=mlp(8, "s"), teacher=[mlp(16, "t0"), mlp(16, "t1")], alpha=0.2
+    )
+    clone = Distiller.from_config(d.get_config())
+    assert [t.name for t in clone.teachers] == ["t0", "t1"]
+    assert clone.student.name == "s" and clone.alpha == pytest.approx(0.2)
+
+
+def test_subclass_names_itself_in_the_positional_error():
+    class MyDistiller(Distiller):
+        pass
+
+    with pytest.raises(TypeError, match="MyDistiller\\(student=..."):
+        MyDistiller(mlp(8, "s"), mlp(16, "t"))
+    d = MyDistiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
+    assert isinstance(d, MyDistiller)
 
 
 def test_fit_before_compile():
-    d = Distiller(mlp(8, "s"), mlp(16, "t"))
+    d = Distiller(student=mlp(8, "s"), teacher=mlp(16, "t"))
     x, y = data()
     with pytest.raises(ValueError, match=r"before compile\(\)"):
         d.fit(x, y, verbose=0)
@@ -683,8 +766,8 @@ def test_digits_distilled_student_at_least_matches_student_alone():
         student = net([256], seed)
         if distill:
             model = Distiller(
-                student,
-                teacher,
+                student=student,
+                teacher=teacher,
                 temperature=4.0,
                 alpha=0.7,
                 cache_teacher_outputs=True,
