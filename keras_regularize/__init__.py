@@ -2,17 +2,17 @@
 
 import importlib.metadata
 
-from keras_regularize import _cli_env
-
-_cli_env.preselect_backend()  # before anything imports keras
-
-from keras_regularize import callbacks  # noqa: E402
-from keras_regularize import constraints  # noqa: E402
-from keras_regularize import layers  # noqa: E402
-from keras_regularize import losses  # noqa: E402
-from keras_regularize import models  # noqa: E402
-from keras_regularize import optimizers  # noqa: E402
-from keras_regularize import regularizers  # noqa: E402
+# Importing every subpackage registers every class with Keras, so `.keras`
+# files load right after `import keras_regularize` with no `custom_objects`.
+# Nothing else happens on import: the command line picks its backend in the
+# launcher `keras_regularize_cli`, before this package is imported.
+from keras_regularize import callbacks
+from keras_regularize import constraints
+from keras_regularize import layers
+from keras_regularize import losses
+from keras_regularize import models
+from keras_regularize import optimizers
+from keras_regularize import regularizers
 
 try:
     __version__ = importlib.metadata.version("keras-regularize")

@@ -1,9 +1,18 @@
-"""The `keras-regularize` command line (also `python -m keras_regularize`)."""
+"""The `keras-regularize` command line (also `python -m keras_regularize`).
+
+The backend is chosen before this module is imported, by the launcher
+`keras_regularize_cli` (the console script's entry point); `python -m
+keras_regularize` hands over to the same launcher.
+"""
 
 import argparse
 import sys
 
-from keras_regularize._cli_env import FRAMEWORKS
+import keras
+
+import keras_regularize
+import keras_regularize_cli
+from keras_regularize_cli import FRAMEWORKS
 
 
 def _positive(name):
@@ -29,14 +38,24 @@ def _parser():
         description="Regularization demos on real data (scikit-learn's "
         "handwritten digits; no download).",
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"keras-regularize {keras_regularize.__version__} (keras "
+        f"{keras.__version__}, backend {keras.config.backend()})",
+    )
+    backend = {
+        "choices": list(FRAMEWORKS),
+        # Unset unless given, so a subcommand's default cannot hide a
+        # value given before the subcommand.
+        "default": argparse.SUPPRESS,
+        "help": "Keras backend, set before Keras is imported",
+    }
+    parser.add_argument("--backend", **backend)
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p, epochs, out, seeds=1):
-        p.add_argument(
-            "--backend",
-            choices=list(FRAMEWORKS),
-            help="Keras backend, set before Keras is imported",
-        )
+        p.add_argument("--backend", **backend)
         p.add_argument("--epochs", type=_positive("--epochs"), default=epochs)
         p.add_argument("--seeds", type=_positive("--seeds"), default=seeds)
         p.add_argument("--out", default=out, help="report folder")
@@ -94,11 +113,25 @@ SUBDEMOS = ("distill", "uncertainty")
 
 
 def main(argv=None):
+    """Runs a command in this process, on the backend Keras already runs.
+
+    The `keras-regularize` script and `python -m keras_regularize` reach
+    this through `keras_regularize_cli.main`, which sets the backend first.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     # `keras-regularize demo distill` is the same as `keras-regularize distill`.
     if argv[:1] == ["demo"] and argv[1:2] and argv[1] in SUBDEMOS:
         argv = argv[1:]
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    asked = getattr(args, "backend", None)
+    other = keras_regularize_cli.backend_conflict(asked)
+    if other is not None:
+        parser.error(
+            f"argument --backend: Keras already runs the {other!r} backend in "
+            f"this process; run the command from a shell (`keras-regularize "
+            f"... --backend {asked}`) to use another"
+        )
     if args.quick:
         args.epochs, args.seeds = min(args.epochs, 3), 1
         if args.command == "uncertainty":
@@ -119,4 +152,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m keras_regularize`: Keras was imported with the package, so
+    # the launcher re-runs the command if `--backend` asks for another one.
+    sys.exit(keras_regularize_cli.main())

@@ -1,7 +1,10 @@
 """Tests for the `keras-regularize` command line (`__main__`)."""
 
+import importlib.metadata
 import importlib.util
+import json
 import os
+import pathlib
 import re
 import stat
 import subprocess
@@ -10,7 +13,7 @@ import sys
 import keras
 import pytest
 
-from keras_regularize import _cli_env
+import keras_regularize_cli as launcher
 from keras_regularize.__main__ import main
 
 COLUMNS = (
@@ -147,7 +150,7 @@ def test_out_that_is_a_file_fails_before_training(tmp_path):
 def test_missing_backend_is_named():
     missing = [
         b
-        for b, module in _cli_env.FRAMEWORKS.items()
+        for b, module in launcher.FRAMEWORKS.items()
         if importlib.util.find_spec(module) is None
     ]
     if not missing:
@@ -155,31 +158,126 @@ def test_missing_backend_is_named():
     with pytest.raises(
         SystemExit, match=f"backend '{missing[0]}' is not available"
     ):
-        _cli_env.check_backend(missing[0])
+        launcher.check_backend(missing[0])
+    # The launcher refuses it before importing anything of the package.
+    with pytest.raises(
+        SystemExit, match=f"backend '{missing[0]}' is not available"
+    ):
+        launcher.main(["demo", "--backend", missing[0]])
 
 
-def test_backend_flag_is_applied_before_keras_is_imported():
-    backend = keras.backend.backend()
-    code = (
-        "import sys; sys.argv = ['keras-regularize', 'demo', '--backend', "
-        f"{backend!r}]; import keras_regularize, keras; "
-        "print(keras.backend.backend())"
-    )
-    env = {**os.environ, "KERAS_BACKEND": "not-a-backend"}
+def test_unknown_backend_is_refused_by_the_launcher():
+    with pytest.raises(SystemExit, match="unknown backend 'mxnet'; choose"):
+        launcher.main(["demo", "--quick", "--backend", "mxnet"])
+
+
+def _python(code, **env):
+    """Runs `code` in a fresh interpreter; returns its last stdout line."""
     result = subprocess.run(
         [sys.executable, "-c", code],
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
     )
-    assert result.stdout.strip().splitlines()[-1] == backend, result.stderr
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "argv, env_backend",
+    [
+        # 0.1.0 exited here, from inside `import keras_regularize`.
+        (["keras-regularize", "demo", "--backend", "mxnet"], None),
+        # 0.1.0 rewrote KERAS_BACKEND here, from `numpy` to the flag's value.
+        (["-m", "demo", "--backend", "BACKEND"], "numpy"),
+    ],
+    ids=["would-exit", "would-set-env"],
+)
+def test_import_reads_no_command_line(argv, env_backend):
+    backend = keras.backend.backend()
+    argv = [backend if a == "BACKEND" else a for a in argv]
+    env_backend = env_backend or backend
+    code = (
+        "import json, os, sys\n"
+        f"sys.argv = {argv!r}\n"
+        "before = dict(os.environ)\n"
+        "import keras_regularize, keras\n"
+        "print(json.dumps([dict(os.environ) == before, "
+        "keras.config.backend()]))\n"
+    )
+    same, running = json.loads(_python(code, KERAS_BACKEND=env_backend))
+    assert same, "import keras_regularize changed os.environ"
+    assert running == env_backend
+
+
+def test_launcher_imports_only_the_standard_library():
+    code = (
+        "import sys, keras_regularize_cli\n"
+        "print(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('keras', 'keras_regularize')))\n"
+    )
+    assert _python(code) == "[]"
+
+
+def test_console_script_is_the_launcher():
+    (script,) = [
+        e
+        for e in importlib.metadata.entry_points(group="console_scripts")
+        if e.name == "keras-regularize"
+    ]
+    assert script.value == "keras_regularize_cli:main"
+
+
+def _selected(command):
+    """The backend `--version` reports, started with KERAS_BACKEND=numpy."""
+    result = subprocess.run(
+        command,
+        env={**os.environ, "KERAS_BACKEND": "numpy"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"backend (\w+)\)", result.stdout)
+    assert match, result.stdout
+    return match.group(1)
+
+
+def test_console_script_selects_the_backend():
+    script = pathlib.Path(sys.executable).parent / "keras-regularize"
+    if not script.exists():
+        pytest.skip(f"no console script beside {sys.executable}")
+    backend = keras.backend.backend()
+    assert _selected([str(script), "--backend", backend, "--version"]) == (
+        backend
+    )
+
+
+def test_python_dash_m_selects_the_backend():
+    # Keras starts on `numpy` with the package, so `__main__` runs the
+    # command again through the launcher on the requested backend.
+    backend = keras.backend.backend()
+    command = [sys.executable, "-m", "keras_regularize"]
+    assert _selected([*command, f"--backend={backend}", "--version"]) == (
+        backend
+    )
+
+
+def test_in_process_main_refuses_another_backend(capsys):
+    other = next(b for b in launcher.FRAMEWORKS if b != keras.backend.backend())
+    with pytest.raises(SystemExit) as info:
+        main(["demo", "--quick", "--backend", other])
+    assert info.value.code == 2
+    assert "Keras already runs" in capsys.readouterr().err
 
 
 def test_requested_backend_parsing():
-    assert _cli_env.requested_backend(["demo", "--backend", "jax"]) == "jax"
-    assert _cli_env.requested_backend(["--backend=torch"]) == "torch"
-    assert _cli_env.requested_backend(["demo"]) is None
+    assert launcher.requested_backend(["demo", "--backend", "jax"]) == "jax"
+    assert launcher.requested_backend(["--backend=torch"]) == "torch"
+    assert launcher.requested_backend(["demo"]) is None
+    assert launcher.requested_backend(["demo", "--backend"]) is None
+    assert launcher.requested_backend(["--", "--backend", "jax"]) is None
 
 
 def test_demo_maxnorm_row_shows_that_the_cap_binds(tmp_path):
