@@ -48,12 +48,19 @@ class GradientNoise(OptimizerWrapper):
 
     Example:
 
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     >>> opt = keras_regularize.optimizers.GradientNoise(
-    ...     keras.optimizers.SGD(0.1), eta=0.3, seed=0)
-    >>> w = keras.Variable(np.zeros(1000, "float32"))
-    >>> opt.apply([keras.ops.zeros(1000)], [w])
-    >>> round(float(np.std(keras.ops.convert_to_numpy(w)) / 0.1) ** 2, 1)
-    0.3
+    ...     keras.optimizers.SGD(0.01), eta=0.3, gamma=0.55, seed=0)
+    >>> model.compile(optimizer=opt, loss="mse")
+    >>> round(float(opt.noise_stddev()), 4)  # sqrt(eta) at step 0
+    0.5477
+    >>> x, y = np.ones((32, 4)), np.ones((32, 1))
+    >>> history = model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    >>> int(opt.iterations), round(float(opt.noise_stddev()), 4)
+    (4, 0.3518)
+
+    After 4 steps the variance has annealed to `0.3 / 5 ** 0.55`. A callback
+    may set `opt.eta = 0.0` to switch the noise off from then on.
 
     References:
         - [Neelakantan et al., 2015](https://arxiv.org/abs/1511.06807)
