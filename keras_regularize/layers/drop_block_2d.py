@@ -12,6 +12,8 @@ from keras_regularize._validation import check_data_format
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_seed
+from keras_regularize._validation import fail
+from keras_regularize._validation import fail_shape
 from keras_regularize.layers._rate import RateLayer
 
 
@@ -51,10 +53,30 @@ class DropBlock2D(RateLayer):
 
     Example:
 
+    After a convolution, in a channels-last image model:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((16, 16, 3)),
+    ...     keras.layers.Conv2D(8, 3, padding="same", activation="relu"),
+    ...     keras_regularize.layers.DropBlock2D(
+    ...         rate=0.1, block_size=5, data_format="channels_last", seed=0),
+    ...     keras.layers.GlobalAveragePooling2D(),
+    ...     keras.layers.Dense(10),
+    ... ])
+    >>> model.output_shape
+    (None, 10)
+
+    In training, each sample and channel loses random `3 x 3` squares and
+    the rest is scaled up; at inference the layer returns its input:
+
     >>> layer = keras_regularize.layers.DropBlock2D(
     ...     rate=0.2, block_size=3, data_format="channels_last", seed=0)
-    >>> tuple(layer(keras.ops.ones((2, 10, 6, 4)), training=True).shape)
+    >>> x = np.ones((2, 10, 6, 4), "float32")
+    >>> tuple(layer(x, training=True).shape)
     (2, 10, 6, 4)
+    >>> keras.ops.convert_to_numpy(layer(x))[0, :2, :, 0]
+    array([[1., 1., 1., 1., 1., 1.],
+           [1., 1., 1., 1., 1., 1.]], dtype=float32)
 
     References:
         - [Ghiasi et al., 2018](https://arxiv.org/abs/1810.12890)
@@ -87,11 +109,11 @@ class DropBlock2D(RateLayer):
     def _check_block(self, height, width):
         for size in (height, width):
             if size is not None and self.block_size > size:
-                raise ValueError(
-                    "Invalid value received for argument `block_size`. "
-                    "Expected at most the feature map's height and width "
-                    f"({height}x{width}). Received: "
-                    f"block_size={self.block_size}"
+                fail(
+                    "block_size",
+                    "at most the feature map's height and width "
+                    f"({height}x{width})",
+                    self.block_size,
                 )
 
     def call(self, inputs, training=False):
@@ -102,9 +124,11 @@ class DropBlock2D(RateLayer):
             return inputs
         height, width = self._spatial(inputs.shape)
         if height is None or width is None:
-            raise ValueError(
-                "`DropBlock2D` needs static height and width. Received: "
-                f"shape={tuple(inputs.shape)}"
+            fail_shape(
+                "inputs",
+                f"a rank-4 tensor in {self.data_format} with static height "
+                "and width",
+                inputs.shape,
             )
         self._check_block(height, width)
         size = self.block_size

@@ -13,6 +13,7 @@ from keras_regularize._export import export
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_rate
 from keras_regularize._validation import check_seed
+from keras_regularize._validation import fail
 
 
 def check_noise_shape(noise_shape):
@@ -26,10 +27,10 @@ def check_noise_shape(noise_shape):
         for d in noise_shape
     )
     if not ok:
-        raise ValueError(
-            "Invalid value received for argument `noise_shape`. Expected "
-            "None or a tuple of positive ints and Nones. "
-            f"Received: noise_shape={noise_shape!r}"
+        fail(
+            "noise_shape",
+            "None or a tuple of positive ints and Nones",
+            noise_shape,
         )
     return tuple(None if d is None else int(d) for d in noise_shape)
 
@@ -74,12 +75,24 @@ class MCDropout(keras.layers.Layer):
 
     Example:
 
+    In a model, where `keras.layers.Dropout` would go:
+
+    >>> model = keras.Sequential([
+    ...     keras.Input((8,)),
+    ...     keras.layers.Dense(32, activation="relu"),
+    ...     keras_regularize.layers.MCDropout(0.2, seed=0),
+    ...     keras.layers.Dense(1),
+    ... ])
+
+    At inference each call still drops units, so repeated calls on one
+    input are samples: here 10,000 copies of an input of ones. Their mean
+    is the input, their spread the dropout noise:
+
     >>> layer = keras_regularize.layers.MCDropout(0.5, seed=0)
-    >>> x = keras.ops.ones((2, 64))
-    >>> a = keras.ops.convert_to_numpy(layer(x, training=False))
-    >>> b = keras.ops.convert_to_numpy(layer(x, training=False))
-    >>> bool((a != b).any()), sorted(set(a.ravel().tolist()))
-    (True, [0.0, 2.0])
+    >>> copies = np.ones((10000, 3), "float32")
+    >>> samples = keras.ops.convert_to_numpy(layer(copies))
+    >>> samples.mean(axis=0).round(1), samples.std(axis=0).round(1)
+    (array([1., 1., 1.], dtype=float32), array([1., 1., 1.], dtype=float32))
 
     References:
         - [Gal and Ghahramani, 2016](https://arxiv.org/abs/1506.02142)
@@ -119,10 +132,10 @@ class MCDropout(keras.layers.Layer):
         if self.noise_shape is not None and len(self.noise_shape) != len(
             input_shape
         ):
-            raise ValueError(
-                "Invalid value received for argument `noise_shape`. Expected "
-                f"a tuple of length {len(input_shape)} (the input rank). "
-                f"Received: noise_shape={self.noise_shape}"
+            fail(
+                "noise_shape",
+                f"a tuple of length {len(input_shape)} (the input rank)",
+                self.noise_shape,
             )
 
     def shares_mask_over_batch(self):

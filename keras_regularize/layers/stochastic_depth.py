@@ -11,6 +11,8 @@ from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
+from keras_regularize._validation import fail
+from keras_regularize._validation import fail_shape
 from keras_regularize.layers._rate import RateLayer
 from keras_regularize.layers.drop_path import MODES
 from keras_regularize.layers.drop_path import drop_branch
@@ -31,17 +33,19 @@ def _check_pair(shapes):
         or len(shapes) != 2
         or not all(isinstance(s, (list, tuple)) for s in shapes)
     ):
-        raise ValueError(
-            "`StochasticDepth` expects a list of two tensors of the same "
-            f"shape, `[shortcut, residual]`. Received: inputs={shapes}"
+        fail(
+            "inputs",
+            "a list of two tensors of the same shape, `[shortcut, residual]`",
+            shapes,
         )
     a, b = (tuple(s) for s in shapes)
     if len(a) != len(b) or any(
         x is not None and y is not None and x != y for x, y in zip(a, b)
     ):
-        raise ValueError(
-            "`StochasticDepth` expects `[shortcut, residual]` of the same "
-            f"shape. Received: shapes {a} and {b}"
+        fail_shape(
+            "residual",
+            f"the same shape as `shortcut` ({a} and {b} differ)",
+            b,
         )
     return a
 
@@ -112,10 +116,7 @@ class StochasticDepth(RateLayer):
     def build(self, input_shape):
         shape = _check_pair(input_shape)
         if len(shape) < 2:
-            raise ValueError(
-                "`StochasticDepth` expects tensors of rank >= 2 (batch "
-                f"first). Received: shape={shape}"
-            )
+            fail_shape("shortcut", "a tensor of rank >= 2 (batch first)", shape)
         self.built = True
 
     def call(self, inputs, training=False):

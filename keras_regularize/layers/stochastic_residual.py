@@ -16,6 +16,7 @@ from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
+from keras_regularize._validation import fail
 from keras_regularize.layers._rate import RateLayer
 from keras_regularize.layers.drop_path import drop_branch
 
@@ -99,10 +100,7 @@ class StochasticResidual(RateLayer):
     ):
         super().__init__(rate, **kwargs)
         if not isinstance(block, keras.layers.Layer):
-            raise ValueError(
-                "Invalid value received for argument `block`. Expected a "
-                f"keras.layers.Layer or keras.Model. Received: block={block!r}"
-            )
+            fail("block", "a keras.layers.Layer or keras.Model", block)
         self.block = block
         self.mode = check_choice("mode", mode, MODES)
         self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
@@ -121,11 +119,11 @@ class StochasticResidual(RateLayer):
             a is not None and b is not None and a != b
             for a, b in zip(out_shape, input_shape)
         ):
-            raise ValueError(
-                "Invalid value received for argument `block`. Expected a "
-                "block whose output shape equals its input shape. Received: "
-                f"block={self.block.name!r} mapping {input_shape} to "
-                f"{out_shape}"
+            fail(
+                "block",
+                "a block whose output shape equals its input shape, not one "
+                f"mapping {input_shape} to {out_shape}",
+                self.block.name,
             )
         self.built = True
 

@@ -55,14 +55,16 @@ class WeightNoise(keras.layers.Wrapper):
 
     Example:
 
-    >>> layer = keras_regularize.layers.WeightNoise(
-    ...     keras.layers.Dense(3), stddev=0.1, seed=0)
-    >>> x = keras.ops.ones((2, 4))
-    >>> y = layer(x)
-    >>> bool(keras.ops.all(layer(x, training=False) == layer.layer(x)))
-    True
-    >>> bool(keras.ops.any(layer(x, training=True) != layer.layer(x)))
-    True
+    Wrap the layer whose kernel should be perturbed:
+
+    >>> dense = keras.layers.Dense(3, kernel_initializer="ones")
+    >>> layer = keras_regularize.layers.WeightNoise(dense, stddev=0.1, seed=0)
+    >>> model = keras.Sequential([keras.Input((4,)), layer])
+    >>> x = np.ones((1, 4), "float32")
+    >>> keras.ops.convert_to_numpy(model(x))  # inference: the plain Dense
+    array([[4., 4., 4.]], dtype=float32)
+    >>> y = model(x, training=True)  # a new kernel perturbation per call
+    >>> layer.stddev = 0.01  # e.g. annealed by a callback while training
 
     References:
         - [Graves, 2011](https://papers.nips.cc/paper/4329)
@@ -92,11 +94,10 @@ class WeightNoise(keras.layers.Wrapper):
         kernel = getattr(self.layer, "kernel", None)
         if not isinstance(kernel, keras.Variable):
             names = [w.name for w in self.layer.weights]
-            raise ValueError(
-                "Invalid value received for argument `layer`. Expected a "
-                "layer with a `kernel` variable. Received: "
-                f"layer={type(self.layer).__name__} '{self.layer.name}' "
-                f"(weights: {names})"
+            fail(
+                "layer",
+                f"a layer with a `kernel` variable (its weights: {names})",
+                self.layer,
             )
         return kernel
 

@@ -6,6 +6,7 @@ from keras import ops
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_number
+from keras_regularize._validation import fail_shape
 from keras_regularize.losses.sparse_categorical_crossentropy import (
     class_id_validity,
 )
@@ -77,9 +78,10 @@ def check_outputs(
     """
     student_outputs = as_tensor(student_name, student_outputs)
     if len(student_outputs.shape) < 2:
-        raise ValueError(
-            f"`{student_name}` must have rank >= 2 (batch, ..., classes). "
-            f"Received: {student_name}.shape={_shape(student_outputs)}"
+        fail_shape(
+            student_name,
+            "a tensor of rank >= 2 (batch, ..., classes)",
+            _shape(student_outputs),
         )
     single = not isinstance(teacher_outputs, (list, tuple))
     items = [teacher_outputs] if single else list(teacher_outputs)
@@ -93,10 +95,12 @@ def check_outputs(
         name = teacher_name if single else f"{teacher_name}[{i}]"
         t = as_tensor(name, t)
         if not _same_dims(_shape(t), _shape(student_outputs)):
-            raise ValueError(
-                f"`{name}` must have the shape of `{student_name}`. "
-                f"Received: {student_name}.shape={_shape(student_outputs)} "
-                f"and {name}.shape={_shape(t)}"
+            fail_shape(
+                name,
+                f"the shape of `{student_name}` ({student_name}.shape="
+                f"{_shape(student_outputs)} and {name}.shape={_shape(t)} "
+                "differ)",
+                _shape(t),
             )
         checked.append(t)
     return student_outputs, checked
@@ -158,26 +162,29 @@ def cross_entropy_per_sample(
     """
     log_p = _log_probs(student_outputs, from_logits)
     labels = as_tensor(name, labels, floating=False)
+    received = _shape(labels)
     out_shape = _shape(log_p)
     classes = out_shape[-1]
     rank = len(out_shape)
     if len(labels.shape) == rank and labels.shape[-1] != 1:
         if not _same_dims(_shape(labels), out_shape):
-            raise ValueError(
-                f"One-hot or soft `{name}` must have the outputs' shape "
-                f"{out_shape}; integer `{name}` the shape {out_shape[:-1]} "
-                f"or {out_shape[:-1] + (1,)}. Received: "
-                f"{name}.shape={_shape(labels)}"
+            fail_shape(
+                name,
+                f"one-hot or soft labels of the outputs' shape {out_shape}, "
+                f"or integer labels of shape {out_shape[:-1]} or "
+                f"{out_shape[:-1] + (1,)}",
+                received,
             )
         return -ops.sum(ops.cast(labels, "float32") * log_p, axis=-1)
     if len(labels.shape) == rank:
         labels = ops.squeeze(labels, axis=-1)
     if not _same_dims(_shape(labels), out_shape[:-1]):
-        raise ValueError(
-            f"Integer `{name}` must have the shape {out_shape[:-1]} or "
-            f"{out_shape[:-1] + (1,)}, one-hot or soft `{name}` the outputs' "
-            f"shape {out_shape}. Received: {name}.shape="
-            f"{_shape(labels) if len(labels.shape) < rank else out_shape}"
+        fail_shape(
+            name,
+            f"integer labels of shape {out_shape[:-1]} or "
+            f"{out_shape[:-1] + (1,)}, or one-hot or soft labels of the "
+            f"outputs' shape {out_shape}",
+            received,
         )
     ids, valid = class_id_validity(labels, classes, name)
     picked = ops.take_along_axis(log_p, ops.expand_dims(ids, -1), axis=-1)
@@ -207,10 +214,11 @@ def weighted_mean(values, sample_weight=None, name="sample_weight"):
             for w, v in zip(weight.shape, shape)
         )
     ):
-        raise ValueError(
-            f"`{name}` must hold one weight per sample, shape {shape[:1]} "
-            f"or {shape[:1] + (1,)}. Received: "
-            f"{name}.shape={_shape(ops.convert_to_tensor(sample_weight))}"
+        fail_shape(
+            name,
+            "a scalar, one weight per sample (shape "
+            f"{shape[:1]} or {shape[:1] + (1,)}) or one per value",
+            _shape(ops.convert_to_tensor(sample_weight)),
         )
     return ops.divide_no_nan(ops.sum(values * weight), count)
 
@@ -259,11 +267,17 @@ class DistillationLoss:
 
     Example:
 
-    >>> loss = keras_regularize.losses.DistillationLoss(temperature=4.0)
-    >>> s = np.array([[2.0, 1.0, 0.1]])
-    >>> t = np.array([[3.0, 0.5, -1.0]])
-    >>> round(float(loss.distillation(s, t)), 4)
-    0.4047
+    >>> loss = keras_regularize.losses.DistillationLoss(
+    ...     temperature=4.0, alpha=0.7)
+    >>> student = np.array([[2.0, 1.0, 0.1], [0.0, 1.0, 0.0]], "float32")
+    >>> teacher = np.array([[3.0, 0.5, -1.0], [0.0, 2.0, 0.5]], "float32")
+    >>> labels = np.array([0, 1])
+    >>> round(float(loss(student, teacher, labels)), 4)
+    0.3166
+    >>> round(float(loss.distillation(student, teacher)), 4)  # soft term
+    0.2447
+    >>> round(float(loss.hard(student, labels)), 4)  # cross-entropy term
+    0.4842
 
     References:
         - [Hinton et al., 2015](https://arxiv.org/abs/1503.02531)

@@ -11,6 +11,7 @@ from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
+from keras_regularize._validation import fail_shape
 from keras_regularize._value_checks import require
 
 
@@ -113,13 +114,15 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
 
     >>> loss = keras_regularize.losses.SparseCategoricalCrossentropy(
     ...     label_smoothing=0.1, from_logits=True)
-    >>> logits = np.array([[2.0, 0.5, -1.0]], "float32")
-    >>> reference = keras.losses.CategoricalCrossentropy(
-    ...     label_smoothing=0.1, from_logits=True)
-    >>> a = float(loss(np.array([0]), logits))
-    >>> b = float(reference(np.array([[1.0, 0.0, 0.0]]), logits))
-    >>> abs(a - b) < 1e-6
-    True
+    >>> labels = np.array([0, 2])
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.0, 0.0, 3.0]], "float32")
+    >>> round(float(loss(labels, logits)), 4)
+    0.3431
+
+    It is a drop-in `loss` for integer labels:
+
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    >>> model.compile(optimizer="adam", loss=loss)
 
     References:
         - [Szegedy et al., 2016](https://arxiv.org/abs/1512.00567)
@@ -145,9 +148,10 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
     def call(self, y_true, y_pred):
         rank = len(y_pred.shape)
         if not -rank <= self.axis < rank:
-            raise ValueError(
-                f"`axis={self.axis}` is out of range for `y_pred` of rank "
-                f"{rank}. Received: y_pred.shape={_shape(y_pred)}"
+            fail_shape(
+                "y_pred",
+                f"a tensor with an axis {self.axis} (the `axis` argument)",
+                _shape(y_pred),
             )
         axis = self.axis % rank
         expected = _shape(y_pred)[:axis] + _shape(y_pred)[axis + 1 :]
@@ -156,12 +160,13 @@ class SparseCategoricalCrossentropy(keras.losses.Loss):
             # with `axis=1`: drop that axis, as Keras does.
             y_true = ops.squeeze(y_true, axis=axis)
         if not _same_dims(_shape(y_true), expected):
-            raise ValueError(
-                "`y_true` must hold one class index per position of `y_pred` "
-                f"without its class axis ({axis}): shape {expected}, or that "
-                f"shape with a size-1 axis at {axis}. Received: "
-                f"y_true.shape={_shape(y_true)}, "
-                f"y_pred.shape={_shape(y_pred)}"
+            fail_shape(
+                "y_true",
+                "one class index per position of `y_pred` without its class "
+                f"axis ({axis}): shape {expected}, or that shape with a "
+                f"size-1 axis at {axis} (y_true.shape={_shape(y_true)} does "
+                f"not fit y_pred.shape={_shape(y_pred)})",
+                _shape(y_true),
             )
         if axis != rank - 1:
             y_pred = ops.moveaxis(y_pred, axis, -1)
