@@ -9,7 +9,6 @@ from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_rate
-from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail_shape
 from keras_regularize._variables import ScalarVariable
 from keras_regularize._variables import read_scalar
@@ -18,6 +17,7 @@ from keras_regularize.layers._mixing_math import mix_labels
 from keras_regularize.layers._mixing_math import prepare_labels
 from keras_regularize.layers._mixing_ops import KerasOps
 from keras_regularize.layers._mixing_ops import TFDataState
+from keras_regularize.layers._seeded import add_seed_generator
 
 
 def check_alpha(name, value):
@@ -68,8 +68,7 @@ class BaseMixing(keras.layers.Layer):
         self.label_smoothing = check_rate("label_smoothing", label_smoothing)
         self.mode = check_choice("mode", mode, MODES)
         self.probability = probability
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        add_seed_generator(self, seed)
         # Every variable exists now; nothing depends on the input shape.
         self.built = True
 

@@ -6,6 +6,17 @@ from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_seed
 
 
+def add_seed_generator(owner, seed):
+    """Checks `seed`, then gives `owner` its `seed` and `seed_generator`.
+
+    Every random draw of the package goes through the generator created
+    here. Call it where the constructor created the generator before, so
+    the variable order of saved files stays the same.
+    """
+    owner.seed = check_seed("seed", seed)
+    owner.seed_generator = keras.random.SeedGenerator(owner.seed)
+
+
 class Seeded:
     """Mixin for layers that draw random numbers and keep their input shape.
 
@@ -13,26 +24,24 @@ class Seeded:
     and list the constructor arguments that `get_config` returns in
     `CONFIG`. It provides:
 
-    - `_seed(seed)`: checks `seed` and creates the layer's
-      `keras.random.SeedGenerator` (call it where the constructor created it
-      before, so the variable order of saved files stays the same);
     - `compute_output_spec`: refuses integer and bool inputs when a model is
-      built symbolically, as `call` does at run time;
+      built symbolically, as `call` does at run time, then runs the
+      subclass's `_check_symbolic(inputs)`;
     - `compute_output_shape`: the input shape;
     - `get_config`: the base config plus each name in `CONFIG`.
     """
 
     CONFIG = ()
 
-    def _seed(self, seed):
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
-
     def compute_output_spec(self, inputs, *args, **kwargs):
         # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
         # inputs too, when the model is built rather than at its first step.
         check_input_dtype(type(self).__name__, inputs)
+        self._check_symbolic(inputs)
         return super().compute_output_spec(inputs, *args, **kwargs)
+
+    def _check_symbolic(self, inputs):
+        """Further checks of symbolic inputs, before the symbolic call."""
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -11,7 +11,6 @@ from keras_regularize._export import export
 from keras_regularize._validation import check_data_format
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_int
-from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
 from keras_regularize._validation import fail_shape
 from keras_regularize.layers._rate import RateLayer
@@ -82,14 +81,14 @@ class DropBlock2D(RateLayer):
         - [Ghiasi et al., 2018](https://arxiv.org/abs/1810.12890)
     """
 
+    CONFIG = ("rate", "block_size", "data_format", "seed")
+
     def __init__(
         self, rate=0.1, block_size=7, data_format=None, seed=None, **kwargs
     ):
-        super().__init__(rate, **kwargs)
+        super().__init__(rate, seed, **kwargs)
         self.block_size = check_int("block_size", block_size, 1)
         self.data_format = check_data_format("data_format", data_format)
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def _spatial(self, shape):
         if len(shape) != 4:
@@ -163,21 +162,3 @@ class DropBlock2D(RateLayer):
         total = ops.cast(ops.size(keep), "float32")
         scale = total / ops.maximum(ops.sum(keep), 1.0)
         return inputs * ops.cast(keep * scale, inputs.dtype)
-
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
-        # inputs too, when the model is built rather than at its first step.
-        check_input_dtype("DropBlock2D", inputs)
-        return super().compute_output_spec(inputs, *args, **kwargs)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "rate": self.rate,
-            "block_size": self.block_size,
-            "data_format": self.data_format,
-            "seed": self.seed,
-        }

@@ -8,13 +8,10 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
-from keras_regularize._validation import check_bool
-from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_rate
-from keras_regularize._validation import check_seed
-from keras_regularize.layers._rate import RateLayer
+from keras_regularize.layers._rate import BranchDropLayer
 
 MODES = ("row", "batch")
 
@@ -43,7 +40,7 @@ def drop_branch(inputs, keep_prob, mode, scale_by_keep, seed_generator):
 
 
 @export("keras_regularize.layers.DropPath")
-class DropPath(RateLayer):
+class DropPath(BranchDropLayer):
     """Drops a residual branch for whole samples, or the whole batch.
 
     During training each sample's branch is zeroed with probability `rate`
@@ -89,14 +86,12 @@ class DropPath(RateLayer):
         - [Larsson et al., 2016](https://arxiv.org/abs/1605.07648)
     """
 
+    MODES = MODES
+
     def __init__(
         self, rate=0.1, mode="row", scale_by_keep=True, seed=None, **kwargs
     ):
-        super().__init__(rate, **kwargs)
-        self.mode = check_choice("mode", mode, MODES)
-        self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(rate, mode, scale_by_keep, seed, **kwargs)
         self.supports_masking = True
 
     def build(self, input_shape):
@@ -118,24 +113,6 @@ class DropPath(RateLayer):
             self.scale_by_keep,
             self.seed_generator,
         )
-
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
-        # inputs too, when the model is built rather than at its first step.
-        check_input_dtype("DropPath", inputs)
-        return super().compute_output_spec(inputs, *args, **kwargs)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "rate": self.rate,
-            "mode": self.mode,
-            "scale_by_keep": self.scale_by_keep,
-            "seed": self.seed,
-        }
 
 
 @export("keras_regularize.layers.drop_path_rates")

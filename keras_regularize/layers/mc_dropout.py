@@ -12,8 +12,9 @@ from keras import ops
 from keras_regularize._export import export
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_rate
-from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
+from keras_regularize.layers._seeded import Seeded
+from keras_regularize.layers._seeded import add_seed_generator
 
 
 def check_noise_shape(noise_shape):
@@ -36,7 +37,7 @@ def check_noise_shape(noise_shape):
 
 
 @export("keras_regularize.layers.MCDropout")
-class MCDropout(keras.layers.Layer):
+class MCDropout(Seeded, keras.layers.Layer):
     """Dropout that also drops units at inference (Monte Carlo dropout).
 
     Each call zeroes every unit with probability `rate` and scales the kept
@@ -98,12 +99,13 @@ class MCDropout(keras.layers.Layer):
         - [Gal and Ghahramani, 2016](https://arxiv.org/abs/1506.02142)
     """
 
+    CONFIG = ("rate", "noise_shape", "seed")
+
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         self._rate = check_rate("rate", rate)
         self.noise_shape = check_noise_shape(noise_shape)
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        add_seed_generator(self, seed)
         self.supports_masking = True
         # No weights to create: built at once, as keras.layers.Dropout is.
         # The input checks run when the layer is called instead. A subclass
@@ -162,20 +164,5 @@ class MCDropout(keras.layers.Layer):
             seed=self.seed_generator,
         )
 
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
-        # inputs too, when the model is built rather than at its first step.
-        check_input_dtype("MCDropout", inputs)
+    def _check_symbolic(self, inputs):
         self._check_noise_shape_rank(inputs.shape)
-        return super().compute_output_spec(inputs, *args, **kwargs)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "rate": self.rate,
-            "noise_shape": self.noise_shape,
-            "seed": self.seed,
-        }

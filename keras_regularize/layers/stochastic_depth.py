@@ -3,17 +3,13 @@
 Paper: Deep Networks with Stochastic Depth (https://arxiv.org/abs/1603.09382).
 """
 
-import keras
 from keras import ops
 
 from keras_regularize._export import export
-from keras_regularize._validation import check_bool
-from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_input_dtype
-from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
 from keras_regularize._validation import fail_shape
-from keras_regularize.layers._rate import RateLayer
+from keras_regularize.layers._rate import BranchDropLayer
 from keras_regularize.layers.drop_path import MODES
 from keras_regularize.layers.drop_path import drop_branch
 
@@ -51,7 +47,7 @@ def _check_pair(shapes):
 
 
 @export("keras_regularize.layers.StochasticDepth")
-class StochasticDepth(RateLayer):
+class StochasticDepth(BranchDropLayer):
     """Adds a residual branch to its shortcut, dropping the branch at random.
 
     Called on `[shortcut, residual]`, it returns `shortcut + residual` with the
@@ -104,14 +100,12 @@ class StochasticDepth(RateLayer):
         - [Huang et al., 2016](https://arxiv.org/abs/1603.09382)
     """
 
+    MODES = MODES
+
     def __init__(
         self, rate=0.1, mode="row", scale_by_keep=True, seed=None, **kwargs
     ):
-        super().__init__(rate, **kwargs)
-        self.mode = check_choice("mode", mode, MODES)
-        self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(rate, mode, scale_by_keep, seed, **kwargs)
 
     def build(self, input_shape):
         shape = _check_pair(input_shape)
@@ -155,12 +149,3 @@ class StochasticDepth(RateLayer):
         if len(masks) == 1:
             return masks[0]
         return ops.logical_and(masks[0], masks[1])
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "rate": self.rate,
-            "mode": self.mode,
-            "scale_by_keep": self.scale_by_keep,
-            "seed": self.seed,
-        }

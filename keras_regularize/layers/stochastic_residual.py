@@ -12,19 +12,16 @@ from keras import ops
 
 from keras_regularize import _backend
 from keras_regularize._export import export
-from keras_regularize._validation import check_bool
-from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_input_dtype
-from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
-from keras_regularize.layers._rate import RateLayer
+from keras_regularize.layers._rate import BranchDropLayer
 from keras_regularize.layers.drop_path import drop_branch
 
 MODES = ("batch", "subset", "row")
 
 
 @export("keras_regularize.layers.StochasticResidual")
-class StochasticResidual(RateLayer):
+class StochasticResidual(BranchDropLayer):
     """Wraps a block as `x + block(x)`, skipping the block at random.
 
     The block may be any layer or model whose output shape equals its input
@@ -89,6 +86,8 @@ class StochasticResidual(RateLayer):
         - [Oquab et al., 2023](https://arxiv.org/abs/2304.07193)
     """
 
+    MODES = MODES
+
     def __init__(
         self,
         block,
@@ -98,14 +97,10 @@ class StochasticResidual(RateLayer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(rate, **kwargs)
+        super().__init__(rate, mode, scale_by_keep, seed, **kwargs)
         if not isinstance(block, keras.layers.Layer):
             fail("block", "a keras.layers.Layer or keras.Model", block)
         self.block = block
-        self.mode = check_choice("mode", mode, MODES)
-        self.scale_by_keep = check_bool("scale_by_keep", scale_by_keep)
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -248,23 +243,10 @@ class StochasticResidual(RateLayer):
         updated = subset + out
         return ops.scatter_update(inputs, ops.expand_dims(index, -1), updated)
 
-    def compute_output_spec(self, inputs, *args, **kwargs):
-        # Symbolic calls (`keras.Input(..., dtype="int32")`) refuse integer
-        # inputs too, when the model is built rather than at its first step.
-        check_input_dtype("StochasticResidual", inputs)
-        return super().compute_output_spec(inputs, *args, **kwargs)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
     def get_config(self):
         return {
             **super().get_config(),
             "block": keras.saving.serialize_keras_object(self.block),
-            "rate": self.rate,
-            "mode": self.mode,
-            "scale_by_keep": self.scale_by_keep,
-            "seed": self.seed,
         }
 
     @classmethod

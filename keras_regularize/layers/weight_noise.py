@@ -10,9 +10,9 @@ from keras import ops
 
 from keras_regularize._export import export
 from keras_regularize._validation import check_number
-from keras_regularize._validation import check_seed
 from keras_regularize._validation import fail
 from keras_regularize._variables import ScalarVariable
+from keras_regularize.layers._seeded import add_seed_generator
 
 
 def check_stddev(name, value):
@@ -81,8 +81,7 @@ class WeightNoise(keras.layers.Wrapper):
         super().__init__(layer, **kwargs)
         # A variable, so a callback may anneal it inside compiled steps.
         self.stddev = stddev
-        self.seed = check_seed("seed", seed)
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        add_seed_generator(self, seed)
         if self.layer.built:
             self._kernel()
 
