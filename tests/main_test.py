@@ -171,33 +171,41 @@ def test_unknown_backend_is_refused_by_the_launcher():
         launcher.main(["demo", "--quick", "--backend", "mxnet"])
 
 
-def _python(code, **env):
-    """Runs `code` in a fresh interpreter; returns its last stdout line."""
+def _run(command, env):
+    """Runs `command` with exactly `env`; returns its stdout."""
     result = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
+        command, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    return result.stdout
+
+
+def _python(code, env=None):
+    """Runs `code` in a fresh interpreter; returns its last stdout line."""
+    env = os.environ if env is None else env
+    return _run([sys.executable, "-c", code], env).strip().splitlines()[-1]
+
+
+def _env_from_keras_json(tmp_path, backend):
+    """An environment without KERAS_BACKEND whose keras.json picks one."""
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": backend}))
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    return {**env, "KERAS_HOME": str(tmp_path)}
 
 
 @pytest.mark.parametrize(
-    "argv, env_backend",
+    "argv",
     [
         # 0.1.0 exited here, from inside `import keras_regularize`.
-        (["keras-regularize", "demo", "--backend", "mxnet"], None),
-        # 0.1.0 rewrote KERAS_BACKEND here, from `numpy` to the flag's value.
-        (["-m", "demo", "--backend", "BACKEND"], "numpy"),
+        ["keras-regularize", "demo", "--backend", "mxnet"],
+        # 0.1.0 wrote KERAS_BACKEND into os.environ here.
+        ["-m", "demo", "--backend", "BACKEND"],
     ],
     ids=["would-exit", "would-set-env"],
 )
-def test_import_reads_no_command_line(argv, env_backend):
+def test_import_reads_no_command_line(argv, tmp_path):
     backend = keras.backend.backend()
     argv = [backend if a == "BACKEND" else a for a in argv]
-    env_backend = env_backend or backend
     code = (
         "import json, os, sys\n"
         f"sys.argv = {argv!r}\n"
@@ -206,9 +214,10 @@ def test_import_reads_no_command_line(argv, env_backend):
         "print(json.dumps([dict(os.environ) == before, "
         "keras.config.backend()]))\n"
     )
-    same, running = json.loads(_python(code, KERAS_BACKEND=env_backend))
+    env = _env_from_keras_json(tmp_path, backend)
+    same, running = json.loads(_python(code, env))
     assert same, "import keras_regularize changed os.environ"
-    assert running == env_backend
+    assert running == backend
 
 
 def test_launcher_imports_only_the_standard_library():
@@ -229,18 +238,9 @@ def test_console_script_is_the_launcher():
     assert script.value == "keras_regularize_cli:main"
 
 
-def _selected(command):
-    """The backend `--version` reports, started with KERAS_BACKEND=numpy."""
-    result = subprocess.run(
-        command,
-        env={**os.environ, "KERAS_BACKEND": "numpy"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"backend (\w+)\)", result.stdout)
-    assert match, result.stdout
+def _reported_backend(stdout):
+    match = re.search(r"backend (\w+)\)", stdout)
+    assert match, stdout
     return match.group(1)
 
 
@@ -249,19 +249,40 @@ def test_console_script_selects_the_backend():
     if not script.exists():
         pytest.skip(f"no console script beside {sys.executable}")
     backend = keras.backend.backend()
-    assert _selected([str(script), "--backend", backend, "--version"]) == (
-        backend
-    )
+    # Keras could not even import with this value: the launcher must have
+    # replaced it before importing the package.
+    env = {**os.environ, "KERAS_BACKEND": "not-a-backend"}
+    out = _run([str(script), "--backend", backend, "--version"], env)
+    assert _reported_backend(out) == backend
 
 
-def test_python_dash_m_selects_the_backend():
-    # Keras starts on `numpy` with the package, so `__main__` runs the
-    # command again through the launcher on the requested backend.
+def test_python_dash_m_runs_through_the_launcher():
     backend = keras.backend.backend()
     command = [sys.executable, "-m", "keras_regularize"]
-    assert _selected([*command, f"--backend={backend}", "--version"]) == (
-        backend
+    out = _run([*command, f"--backend={backend}", "--version"], os.environ)
+    assert _reported_backend(out) == backend
+
+
+def test_launcher_reruns_when_keras_runs_another_backend():
+    # What `python -m keras_regularize --backend X` meets when the package
+    # (and Keras) came up on another backend: a stand-in `keras` module on
+    # "other", then the real command in a fresh interpreter on X.
+    backend = keras.backend.backend()
+    code = (
+        "import sys, types\n"
+        "fake = types.ModuleType('keras')\n"
+        "fake.config = types.SimpleNamespace(backend=lambda: 'other')\n"
+        "sys.modules['keras'] = fake\n"
+        "import keras_regularize_cli\n"
+        f"status = keras_regularize_cli.main(['--backend', {backend!r}, "
+        "'--version'])\n"
+        "assert 'keras_regularize' not in sys.modules\n"
+        "print('status', status)\n"
     )
+    env = {**os.environ, "KERAS_BACKEND": "not-a-backend"}
+    out = _run([sys.executable, "-c", code], env)
+    assert _reported_backend(out) == backend
+    assert out.strip().splitlines()[-1] == "status 0"
 
 
 def test_in_process_main_refuses_another_backend(capsys):
