@@ -193,6 +193,7 @@ ROWS = {
         baseline=FINITE_OR_NONE,
         start_from_epoch=NONNEG_INT,
         restore_best=BOOL,
+        restore_best_weights=BOOL,
         checkpoint_path=CHECKPOINT,
         save_optimizer=BOOL,
         stopping_threshold=FINITE_OR_NONE,
@@ -274,6 +275,10 @@ ROWS = {
         return_samples=BOOL,
         strategy=choice("auto", "tile", "tile_inputs", "loop"),
     ),
+    # A result type (a named tuple): nothing to validate.
+    "keras_regularize.models.MCPrediction": _row(
+        lambda **kw: kr.models.MCPrediction(*[np.zeros(1)] * 4, **kw)
+    ),
     "keras_regularize.models.with_mc_dropout": _row(
         lambda model=D, **kw: kr.models.with_mc_dropout(
             _tiny_model() if model is D else model, **kw
@@ -326,6 +331,7 @@ SETTERS = [
     ("keras_regularize.models.Distiller", "alpha", PROB),
     ("keras_regularize.optimizers.GradientNoise", "eta", NONNEG),
     ("keras_regularize.optimizers.GradientClipping", "threshold", POSITIVE),
+    ("keras_regularize.callbacks.EarlyStoppingRestore", "restore_best", BOOL),
 ]
 
 # Setters that are not hyperparameters, with the reason.
@@ -341,13 +347,36 @@ SETTERS_EXEMPT = {
 
 
 def _params(symbol):
-    target = symbol.__init__ if isinstance(symbol, type) else symbol
-    params = inspect.signature(target).parameters.values()
-    return [
-        p.name
-        for p in params
-        if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    ]
+    """The arguments of a function, or of a class's constructor.
+
+    A constructor that passes `**kwargs` to a base class of the package
+    takes that base's arguments too, so they are followed up the MRO until
+    a base outside the package (Keras's `**kwargs`: name, dtype, ...).
+    """
+    if not isinstance(symbol, type):
+        targets = [symbol]
+    else:
+        targets = []
+        for cls in symbol.__mro__:
+            if not cls.__module__.startswith("keras_regularize"):
+                break
+            if "__init__" not in vars(cls):
+                continue
+            targets.append(cls.__init__)
+            kinds = [
+                p.kind
+                for p in inspect.signature(cls.__init__).parameters.values()
+            ]
+            if inspect.Parameter.VAR_KEYWORD not in kinds:
+                break
+    names = []
+    for target in targets:
+        for p in inspect.signature(target).parameters.values():
+            if p.name == "self" or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                continue
+            if p.name not in names:
+                names.append(p.name)
+    return names
 
 
 def _assert_refused(call, name, value):

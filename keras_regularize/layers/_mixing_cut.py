@@ -34,7 +34,7 @@ class BaseCutMixing(BaseMixing):
     """
 
     def __init__(
-        self, correct_lam=True, minmax=None, data_format=None, **kwargs
+        self, *, correct_lam=True, minmax=None, data_format=None, **kwargs
     ):
         super().__init__(**kwargs)
         self.correct_lam = check_bool("correct_lam", correct_lam)

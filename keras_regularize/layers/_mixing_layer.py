@@ -13,6 +13,7 @@ from keras_regularize._validation import fail_shape
 from keras_regularize._variables import ScalarVariable
 from keras_regularize._variables import read_scalar
 from keras_regularize.layers._mixing_math import MODES
+from keras_regularize.layers._mixing_math import mix_batch
 from keras_regularize.layers._mixing_math import mix_labels
 from keras_regularize.layers._mixing_math import prepare_labels
 from keras_regularize.layers._mixing_ops import KerasOps
@@ -47,8 +48,13 @@ class BaseMixing(keras.layers.Layer):
     hyperparameters, kept in step by the setters.
     """
 
+    # The subclass's own hyperparameters (`ScalarVariable`s, set by its
+    # constructor) and the `mix_batch` argument that each one feeds.
+    MIX_SCALARS = {}
+
     def __init__(
         self,
+        *,
         num_classes=None,
         label_smoothing=0.0,
         mode="batch",
@@ -85,6 +91,21 @@ class BaseMixing(keras.layers.Layer):
         return KerasOps(
             self.seed_generator, functools.partial(read_scalar, self)
         )
+
+    def _mix(self, xp, images):
+        own = {a: xp.scalar(n) for n, a in self.MIX_SCALARS.items()}
+        return mix_batch(
+            xp,
+            images,
+            mode=self.mode,
+            probability=xp.scalar("probability"),
+            **own,
+            **self._cut_arguments(images),
+        )
+
+    def _cut_arguments(self, images):
+        """CutMix's box settings for `mix_batch`; none for MixUp."""
+        return {}
 
     def _check_images(self, images):
         """Refuses images the subclass cannot mix (shapes are static)."""
@@ -225,4 +246,5 @@ class BaseMixing(keras.layers.Layer):
             "mode": self.mode,
             "probability": self.probability,
             "seed": self.seed,
+            **{name: getattr(self, name) for name in self.MIX_SCALARS},
         }

@@ -4,7 +4,6 @@ from keras_regularize._export import export
 from keras_regularize._variables import ScalarVariable
 from keras_regularize.layers._mixing_cut import BaseCutMixing
 from keras_regularize.layers._mixing_layer import check_alpha
-from keras_regularize.layers._mixing_math import mix_batch
 
 
 @export("keras_regularize.layers.CutMixLayer")
@@ -89,43 +88,10 @@ class CutMixLayer(BaseCutMixing):
         - [Yun et al., 2019](https://arxiv.org/abs/1905.04899)
     """
 
-    def __init__(
-        self,
-        alpha=1.0,
-        num_classes=None,
-        label_smoothing=0.0,
-        mode="batch",
-        probability=1.0,
-        correct_lam=True,
-        minmax=None,
-        data_format=None,
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(
-            correct_lam=correct_lam,
-            minmax=minmax,
-            data_format=data_format,
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
-            mode=mode,
-            probability=probability,
-            seed=seed,
-            **kwargs,
-        )
+    MIX_SCALARS = {"alpha": "cutmix_alpha"}
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__(**kwargs)
         self.alpha = alpha
 
     alpha = ScalarVariable(check_alpha, "The Beta(alpha, alpha) parameter.")
-
-    def _mix(self, xp, images):
-        return mix_batch(
-            xp,
-            images,
-            mode=self.mode,
-            probability=xp.scalar("probability"),
-            cutmix_alpha=xp.scalar("alpha"),
-            **self._cut_arguments(images),
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha}

@@ -4,7 +4,6 @@ from keras_regularize._export import export
 from keras_regularize._variables import ScalarVariable
 from keras_regularize.layers._mixing_layer import BaseMixing
 from keras_regularize.layers._mixing_layer import check_alpha
-from keras_regularize.layers._mixing_math import mix_batch
 
 
 @export("keras_regularize.layers.MixupLayer")
@@ -113,36 +112,10 @@ class MixupLayer(BaseMixing):
         - [Zhang et al., 2018](https://arxiv.org/abs/1710.09412)
     """
 
-    def __init__(
-        self,
-        alpha=0.2,
-        num_classes=None,
-        label_smoothing=0.0,
-        mode="batch",
-        probability=1.0,
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
-            mode=mode,
-            probability=probability,
-            seed=seed,
-            **kwargs,
-        )
+    MIX_SCALARS = {"alpha": "mixup_alpha"}
+
+    def __init__(self, alpha=0.2, **kwargs):
+        super().__init__(**kwargs)
         self.alpha = alpha
 
     alpha = ScalarVariable(check_alpha, "The Beta(alpha, alpha) parameter.")
-
-    def _mix(self, xp, images):
-        return mix_batch(
-            xp,
-            images,
-            mode=self.mode,
-            probability=xp.scalar("probability"),
-            mixup_alpha=xp.scalar("alpha"),
-        )
-
-    def get_config(self):
-        return {**super().get_config(), "alpha": self.alpha}

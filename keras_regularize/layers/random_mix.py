@@ -5,7 +5,6 @@ from keras_regularize._variables import ScalarVariable
 from keras_regularize.layers._mixing_cut import BaseCutMixing
 from keras_regularize.layers._mixing_layer import check_alpha
 from keras_regularize.layers._mixing_layer import check_probability
-from keras_regularize.layers._mixing_math import mix_batch
 
 
 @export("keras_regularize.layers.RandomMix")
@@ -84,32 +83,16 @@ class RandomMix(BaseCutMixing):
         - [Yun et al., 2019](https://arxiv.org/abs/1905.04899)
     """
 
+    MIX_SCALARS = {
+        "mixup_alpha": "mixup_alpha",
+        "cutmix_alpha": "cutmix_alpha",
+        "switch_prob": "switch_prob",
+    }
+
     def __init__(
-        self,
-        mixup_alpha=0.8,
-        cutmix_alpha=1.0,
-        switch_prob=0.5,
-        num_classes=None,
-        label_smoothing=0.0,
-        mode="batch",
-        probability=1.0,
-        correct_lam=True,
-        minmax=None,
-        data_format=None,
-        seed=None,
-        **kwargs,
+        self, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, **kwargs
     ):
-        super().__init__(
-            correct_lam=correct_lam,
-            minmax=minmax,
-            data_format=data_format,
-            num_classes=num_classes,
-            label_smoothing=label_smoothing,
-            mode=mode,
-            probability=probability,
-            seed=seed,
-            **kwargs,
-        )
+        super().__init__(**kwargs)
         self.mixup_alpha = mixup_alpha
         self.cutmix_alpha = cutmix_alpha
         self.switch_prob = switch_prob
@@ -119,23 +102,3 @@ class RandomMix(BaseCutMixing):
     switch_prob = ScalarVariable(
         check_probability, "Chance of CutMix over MixUp."
     )
-
-    def _mix(self, xp, images):
-        return mix_batch(
-            xp,
-            images,
-            mode=self.mode,
-            probability=xp.scalar("probability"),
-            mixup_alpha=xp.scalar("mixup_alpha"),
-            cutmix_alpha=xp.scalar("cutmix_alpha"),
-            switch_prob=xp.scalar("switch_prob"),
-            **self._cut_arguments(images),
-        )
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "mixup_alpha": self.mixup_alpha,
-            "cutmix_alpha": self.cutmix_alpha,
-            "switch_prob": self.switch_prob,
-        }
