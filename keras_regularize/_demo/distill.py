@@ -120,10 +120,7 @@ def plot_val_accuracy(runs, path):
     ax.set_ylabel("validation accuracy")
     ax.set_title("Distillation on digits")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return report.save_figure(fig, path)
 
 
 def run(epochs, seeds, out):

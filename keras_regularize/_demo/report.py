@@ -36,6 +36,14 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig, path):
+    """Lays out, writes (PNG, 110 dpi) and closes `fig`; returns `path`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_curves(histories, labels, path):
     """Train and validation loss per technique, one panel each."""
     plt = _pyplot()
@@ -55,10 +63,7 @@ def plot_curves(histories, labels, path):
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_bars(names, means, stds, ylabel, title, path):
@@ -69,10 +74,7 @@ def plot_bars(names, means, stds, ylabel, title, path):
     ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def check_writable(out):

@@ -118,10 +118,7 @@ def plot_accuracy_vs_entropy(run, path, bins=8):
     right.set_xlabel("predictive entropy (nats)")
     right.set_ylabel("validation digits")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return report.save_figure(fig, path)
 
 
 def plot_most_uncertain(run, x_val, y_val, path):
@@ -144,10 +141,7 @@ def plot_most_uncertain(run, x_val, y_val, path):
             color="black" if run["correct"][i] else "red",
         )
     fig.suptitle("Most uncertain validation digits (red: wrong)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return report.save_figure(fig, path)
 
 
 def run(epochs, seeds, out, samples=30):
