@@ -12,6 +12,7 @@ equal, flags and error texts. The test decides what is right.
 """
 
 import os
+import time
 
 import keras
 import numpy as np
@@ -113,17 +114,23 @@ def _fault_child(directory, run, signal_fd, holder=None, epochs=10_000):
     return model, stop
 
 
-def _announce_writes(signal_fd):
-    """Makes this (child) process write `w` to `signal_fd` per checkpoint.
+def _announce_writes(signal_fd, pause=0.2):
+    """Makes this (child) process report each checkpoint write on `signal_fd`.
 
-    The byte goes out just before `keras.saving.save_weights` starts, so a
-    parent that waits for it can kill the child in the middle of a write.
+    `w` goes out just before `keras.saving.save_weights` starts, so a parent
+    that waits for it can kill the child somewhere in the write; `r` goes
+    out once the temporary file is complete, and the child then waits
+    `pause` seconds before the rename, so a parent that kills on `r` lands
+    between the write and the rename however loaded the machine is.
     """
     save = keras.saving.save_weights
 
     def announced(*args, **kwargs):
         os.write(signal_fd, b"w")
-        return save(*args, **kwargs)
+        result = save(*args, **kwargs)
+        os.write(signal_fd, b"r")
+        time.sleep(pause)
+        return result
 
     keras.saving.save_weights = announced
 
@@ -132,10 +139,11 @@ def sigkill(kills=20, seed=0, directory=None):
     """Kills training children with SIGKILL at random moments.
 
     This process imports Keras once, then forks one child per kill (no
-    framework computation runs here before the forks). Two kills in three
-    land a random 0-3 ms after a child announced the start of a checkpoint
-    write (`w`), i.e. mostly during the write; the others a random 0-30 ms
-    after an epoch end (`e`). Each kill leaves the checkpoint that the next
+    framework computation runs here before the forks). Kills take turns:
+    one lands just after a child's temporary file is complete and before
+    its rename (`r`, a write interrupted at its last step, whatever the
+    machine's load); one a random 0-3 ms after a write started (`w`,
+    anywhere in the write); one a random 0-30 ms after an epoch end (`e`). Each kill leaves the checkpoint that the next
     child overwrites, so every surviving file is copied aside and loaded at
     the end.
 
@@ -147,7 +155,6 @@ def sigkill(kills=20, seed=0, directory=None):
     import random
     import shutil
     import signal
-    import time
 
     rng = random.Random(seed)
     kept = os.path.join(directory, "kept")
@@ -165,7 +172,9 @@ def sigkill(kills=20, seed=0, directory=None):
             finally:
                 os._exit(0)
         os.close(write_fd)
-        if rng.random() < 2 / 3:
+        if run % 3 == 0:
+            wanted, count, delay = b"r", rng.randint(1, 2), 0.0
+        elif run % 3 == 1:
             wanted, count, delay = b"w", rng.randint(1, 2), 0.003
         else:
             wanted, count, delay = b"e", rng.randint(1, 4), 0.03
@@ -211,66 +220,116 @@ def sigkill(kills=20, seed=0, directory=None):
     }
 
 
-def sigint(directory=None, repeats=5, seed=0):
-    """SIGINT (Ctrl-C) at random moments of `fit`.
-
-    Each repeat trains a fresh model and is interrupted a random 0-20 ms
-    after its 1st to 4th epoch end, so the interrupt lands in a training
-    step, a callback or a checkpoint write. Returns, per repeat, the
-    callback's state, the scores logged and the epochs whose recorded
-    weights equal the model's weights afterwards.
-    """
+def _sigint_child(directory, run, epochs, delay):
+    """One interrupted `fit` (in a forked child); returns its facts."""
     import signal
     import threading
-    import time
+
+    read_fd, write_fd = os.pipe()
+    sent = []
+
+    def interrupt():
+        for _ in range(epochs):
+            os.read(read_fd, 1)
+        time.sleep(delay)
+        os.kill(os.getpid(), signal.SIGINT)
+        sent.append(delay)
+        # CPython drops a KeyboardInterrupt raised inside a finalizer
+        # (e.g. a weakref callback, "Exception ignored in ..."), and
+        # training goes on: press Ctrl-C again at the next epoch end, as a
+        # user would. The pipe closes once `fit` has returned.
+        while os.read(read_fd, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+            sent.append(0.0)
+
+    thread = threading.Thread(target=interrupt, daemon=True)
+    thread.start()
+    holder = {}
+    try:
+        _fault_child(directory, run, write_fd, holder)
+    except KeyboardInterrupt:
+        interrupted = True
+    else:
+        interrupted = False
+    os.close(write_fd)
+    thread.join()
+    stop = holder["stop"]
+    records = _records(directory, run)
+    return {
+        "interrupted": interrupted,
+        "sigints": len(sent),
+        "stop_reason": stop.stop_reason,
+        "best_epoch": stop.best_epoch,
+        "scores": [s for s, _ in records],
+        "model_matches": _equal_epochs(records, _flat(holder["model"])),
+    }
+
+
+def sigint(directory=None, repeats=5, seed=0, patience=90.0, retries=3):
+    """SIGINT (Ctrl-C) at random moments of `fit`.
+
+    Each repeat forks a child that trains a fresh model and is interrupted
+    a random 0-20 ms after its 1st to 4th epoch end, so the interrupt lands
+    in a training step, a callback or a checkpoint write. Returns, per
+    repeat, the callback's state, the scores logged and the epochs whose
+    recorded weights equal the model's weights afterwards.
+
+    An asynchronous interrupt can also land inside the framework's own
+    C++ or finalizer code and leave it deadlocked (seen once in
+    TensorFlow's `make_iterator`): a child still alive `patience` seconds
+    after it started is killed and the repeat is drawn again, at most
+    `retries` times. The result's `hangs` lists, per such child, the
+    innermost frames of its main thread, so the test can tell where.
+    """
+    import faulthandler
+    import json
+    import signal
 
     rng = np.random.default_rng(seed)
-    runs = []
-    for run in range(repeats):
-        read_fd, write_fd = os.pipe()
+    runs, hangs = [], []
+    attempt = 0
+    while len(runs) < repeats:
+        run = attempt
+        attempt += 1
         epochs, delay = int(rng.integers(1, 5)), float(rng.uniform(0, 0.02))
-
-        sent = []
-
-        def interrupt(read_fd=read_fd, epochs=epochs, delay=delay, sent=sent):
-            for _ in range(epochs):
-                os.read(read_fd, 1)
-            time.sleep(delay)
-            os.kill(os.getpid(), signal.SIGINT)
-            sent.append(delay)
-            # CPython drops a KeyboardInterrupt raised inside a finalizer
-            # (e.g. a weakref callback, "Exception ignored in ..."), and
-            # training goes on: press Ctrl-C again at the next epoch end,
-            # as a user would. The pipe closes once `fit` has returned.
-            while os.read(read_fd, 1):
-                os.kill(os.getpid(), signal.SIGINT)
-                sent.append(0.0)
-
-        thread = threading.Thread(target=interrupt, daemon=True)
-        thread.start()
-        holder = {}
-        try:
-            _fault_child(directory, run, write_fd, holder)
-        except KeyboardInterrupt:
-            interrupted = True
+        out = os.path.join(directory, f"sigint{run}.json")
+        stacks = os.path.join(directory, f"sigint{run}.stacks")
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with open(stacks, "w") as stack_file:
+                    # Not `dump_traceback_later`: its watchdog thread did
+                    # not survive the fork, and re-arming it would hang.
+                    faulthandler.register(signal.SIGUSR1, file=stack_file)
+                    facts = _sigint_child(directory, run, epochs, delay)
+                with open(out, "w") as f:
+                    json.dump(facts, f)
+                code = 0
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + patience
+        status = None
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
         else:
-            interrupted = False
-        os.close(write_fd)
-        thread.join()
-        os.close(read_fd)
-        stop = holder["stop"]
-        records = _records(directory, run)
-        runs.append(
-            {
-                "interrupted": interrupted,
-                "sigints": len(sent),
-                "stop_reason": stop.stop_reason,
-                "best_epoch": stop.best_epoch,
-                "scores": [s for s, _ in records],
-                "model_matches": _equal_epochs(records, _flat(holder["model"])),
-            }
-        )
-    return runs
+            os.kill(pid, signal.SIGUSR1)
+            time.sleep(1.0)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            with open(stacks) as f:
+                hangs.append(f.read()[-4000:])
+            if len(hangs) > retries:
+                break
+            continue
+        if status != 0 or not os.path.exists(out):
+            raise RuntimeError(f"sigint child {run} exited with {status}")
+        with open(out) as f:
+            runs.append(json.load(f))
+    return {"runs": runs, "hangs": hangs}
 
 
 _NOBODY = (65534, 65534)

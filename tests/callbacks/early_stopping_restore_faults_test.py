@@ -28,20 +28,27 @@ def _best_epochs(scores):
     return best
 
 
+def _jax_cache(directory):
+    """Env that makes JAX children share compiled steps through a cache."""
+    if BACKEND != "jax":
+        return {}
+    # Each child compiles the same train step: share it through JAX's
+    # on-disk cache instead of compiling it once per child.
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(directory / "jax-cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
 @pytest.fixture(scope="module")
 def sigkill_result(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sigkill")
-    env = {}
-    if BACKEND == "jax":
-        # Each child compiles the same train step: share it through JAX's
-        # on-disk cache instead of compiling it 24 times.
-        env = {
-            "JAX_COMPILATION_CACHE_DIR": str(directory / "jax-cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-        }
     return run_worker(
-        WORKER, "sigkill", {"directory": str(directory), "kills": KILLS}, **env
+        WORKER,
+        "sigkill",
+        {"directory": str(directory), "kills": KILLS},
+        **_jax_cache(directory),
     )
 
 
@@ -95,22 +102,60 @@ def test_sigkill_lands_during_writes(sigkill_result):
 def sigint_result(tmp_path_factory):
     directory = tmp_path_factory.mktemp("sigint")
     return run_worker(
-        WORKER, "sigint", {"directory": str(directory), "repeats": 6}
+        WORKER,
+        "sigint",
+        {"directory": str(directory), "repeats": 6},
+        timeout=420,
+        **_jax_cache(directory),
     )
 
 
+def _innermost_frames(stacks):
+    """The innermost `File ...` line of every thread in a faulthandler dump."""
+    frames, header = [], False
+    for line in stacks.splitlines():
+        if line.startswith(("Thread ", "Current thread ")):
+            header = True
+        elif header and line.strip().startswith("File "):
+            frames.append(line.strip())
+            header = False
+    return frames
+
+
 def test_keyboard_interrupt_leaves_best_weights(sigint_result):
-    assert len(sigint_result) == 6
-    for run in sigint_result:
+    runs = sigint_result["runs"]
+    assert len(runs) == 6, sigint_result["hangs"]
+    for run in runs:
         assert run["interrupted"], run
         assert run["stop_reason"] == "interrupted", run
         # The interrupt may land after the recorder saw an epoch and
         # before the callback did: the callback's own best epoch must be
         # one of the recorded best epochs, and the model must hold it.
+        if run["best_epoch"] is None:
+            # Interrupted before the callback finished its first epoch:
+            # there is no best to restore, and the model keeps the weights
+            # it trained to.
+            assert len(run["scores"]) == 1, run
+            assert run["model_matches"] == [0], run
+            continue
         assert run["best_epoch"] in _best_epochs(run["scores"]), run
         assert run["best_epoch"] in run["model_matches"], run
     # The interrupts hit different points of training.
-    assert len({r["best_epoch"] for r in sigint_result}) >= 2, sigint_result
+    assert len({r["best_epoch"] for r in runs} - {None}) >= 2, runs
+
+
+def test_a_child_stuck_after_an_interrupt_is_stuck_outside_the_package(
+    sigint_result,
+):
+    # Redrawn repeats are tolerated only where the framework itself hung
+    # (an asynchronous Ctrl-C inside its C++ or finalizer code): no thread
+    # may be waiting inside keras_regularize.
+    for stacks in sigint_result["hangs"]:
+        frames = _innermost_frames(stacks)
+        assert frames, stacks
+        assert not any("keras_regularize" + os.sep in f for f in frames), (
+            stacks
+        )
 
 
 @pytest.fixture(scope="module")

@@ -123,6 +123,35 @@ CASES = {
     "distiller": distiller_case,
 }
 
+
+def _plugged_cases():
+    """Cases from `tests/distributed/_cases_*.py`, each exposing `CASES`.
+
+    A component's own file adds its builders there (weight averaging, SAM,
+    ...), so no two components edit this worker. A builder may return
+    `(model, data, callbacks)`: the callbacks train beside the scripted
+    monitor and `EarlyStoppingRestore`, after them in the list.
+    """
+    import importlib
+
+    found = {}
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(here)):
+        if name.startswith("_cases_") and name.endswith(".py"):
+            module = importlib.import_module(f"tests.distributed.{name[:-3]}")
+            found.update(module.CASES)
+    return found
+
+
+CASES.update(_plugged_cases())
+
+
+def _build(case, rate, seed):
+    """`(model, (x, y), callbacks)` of a case."""
+    built = CASES[case](rate, seed)
+    model, data = built[0], built[1]
+    return model, data, list(built[2]) if len(built) > 2 else []
+
 # Scripted monitor values: the best epoch (1) is not the last one, so a
 # restore is visible in the weights.
 SCORES = [3.0, 1.0, 2.0, 4.0]
@@ -134,7 +163,7 @@ def _max_diff(a, b):
 
 def _fit(case, rate, seed, batch_size):
     """Trains a case with EarlyStoppingRestore attached; returns a summary."""
-    model, (x, y) = CASES[case](rate, seed)
+    model, (x, y), extra = _build(case, rate, seed)
     script = ScriptedMonitor(SCORES, monitor="score")
     stop = kr.callbacks.EarlyStoppingRestore(
         monitor="score", mode="min", patience=5
@@ -145,7 +174,7 @@ def _fit(case, rate, seed, batch_size):
         batch_size=batch_size,
         epochs=len(SCORES),
         shuffle=False,
-        callbacks=[script, stop],
+        callbacks=[script, stop, *extra],
         verbose=0,
     )
     final = [np.array(w) for w in model.get_weights()]
@@ -255,7 +284,7 @@ def jax_data_parallel():
     keras.distribution.set_distribution(distribution)
     result["decisions"] = _decisions(24, 16, len(devices))
     # A batch that the 8 devices cannot share equally.
-    model, (x, y) = CASES["stochastic_depth"](0.1, 1)
+    model, (x, y), _ = _build("stochastic_depth", 0.1, 1)
     try:
         model.fit(x[:12], y[:12], batch_size=12, epochs=1, verbose=0)
         result["indivisible_error"] = None
@@ -288,7 +317,7 @@ def tf_mirrored():
                 )
                 model.compile(optimizer="sgd", loss="mse")
             else:
-                model, _ = CASES[name](0.0, 1)
+                model, _, _ = _build(name, 0.0, 1)
         try:
             model.fit(x[:45], y[:45], batch_size=15, epochs=1, verbose=0)
             result[f"odd_batch_error/{name}"] = None
@@ -318,7 +347,7 @@ def _torch_train(case, rate, x, y, steps, ddp_rank=None):
     """
     import torch
 
-    model, _ = CASES[case](rate, seed=1)
+    model, _, _ = _build(case, rate, seed=1)
     module = model
     if ddp_rank is not None:
         module = torch.nn.parallel.DistributedDataParallel(model)
