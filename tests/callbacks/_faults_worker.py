@@ -143,9 +143,9 @@ def sigkill(kills=20, seed=0, directory=None):
     one lands just after a child's temporary file is complete and before
     its rename (`r`, a write interrupted at its last step, whatever the
     machine's load); one a random 0-3 ms after a write started (`w`,
-    anywhere in the write); one a random 0-30 ms after an epoch end (`e`). Each kill leaves the checkpoint that the next
-    child overwrites, so every surviving file is copied aside and loaded at
-    the end.
+    anywhere in the write); one a random 0-30 ms after an epoch end (`e`).
+    Each kill leaves the checkpoint that the next child overwrites, so
+    every surviving file is copied aside and loaded at the end.
 
     Returns `scores[run]` (every epoch's score), `matches[run]` (the
     `[run, epoch]` records equal to the file left after kill `run`, `None`

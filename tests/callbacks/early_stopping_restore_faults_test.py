@@ -153,9 +153,7 @@ def test_a_child_stuck_after_an_interrupt_is_stuck_outside_the_package(
     for stacks in sigint_result["hangs"]:
         frames = _innermost_frames(stacks)
         assert frames, stacks
-        assert not any("keras_regularize" + os.sep in f for f in frames), (
-            stacks
-        )
+        assert not any("keras_regularize" + os.sep in f for f in frames), stacks
 
 
 @pytest.fixture(scope="module")

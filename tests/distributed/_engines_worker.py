@@ -152,6 +152,7 @@ def _build(case, rate, seed):
     model, data = built[0], built[1]
     return model, data, list(built[2]) if len(built) > 2 else []
 
+
 # Scripted monitor values: the best epoch (1) is not the last one, so a
 # restore is visible in the weights.
 SCORES = [3.0, 1.0, 2.0, 4.0]
