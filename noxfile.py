@@ -83,6 +83,19 @@ def _pytest(session, *args):
     )
 
 
+# Tests marked `backend_independent` (package hygiene, argument validation,
+# the launcher, atomic file writes) check code that is the same on every
+# backend: they run in one session only.
+ONCE_BACKEND = "tensorflow"
+
+
+def _once_filter(backend):
+    """pytest args that leave out the run-once tests except on ONCE_BACKEND."""
+    if backend == ONCE_BACKEND:
+        return []
+    return ["-m", "not backend_independent"]
+
+
 @nox.session(python=PYTHON)
 @nox.parametrize("backend", list(BACKENDS), ids=list(BACKENDS))
 def tests(session, backend):
@@ -90,6 +103,7 @@ def tests(session, backend):
     _install_backend(session, backend)
     _pytest(
         session,
+        *_once_filter(backend),
         "--doctest-modules",
         "keras_regularize",
         "tests",
@@ -124,6 +138,7 @@ def minimums(session):
     )
     _pytest(
         session,
+        *_once_filter("torch"),
         "--doctest-modules",
         "keras_regularize",
         "tests",

@@ -17,6 +17,9 @@ import pytest
 import keras_regularize as kr
 from keras_regularize._export import EXPORTED
 
+# The same on every backend: the nox sessions run it once (tests(tensorflow)).
+pytestmark = pytest.mark.backend_independent
+
 NAN = float("nan")
 INF = float("inf")
 

@@ -7,6 +7,9 @@ import pytest
 from keras_regularize import _export
 from keras_regularize._export import export
 
+# The same on every backend: the nox sessions run it once (tests(tensorflow)).
+pytestmark = pytest.mark.backend_independent
+
 
 @pytest.fixture
 def registry():

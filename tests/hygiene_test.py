@@ -11,6 +11,9 @@ import keras_regularize
 from keras_regularize._export import EXPORTED
 from keras_regularize._export import PACKAGE
 
+# The same on every backend: the nox sessions run it once (tests(tensorflow)).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = pathlib.Path(keras_regularize.__file__).parent
 FORBIDDEN = ("tensorflow", "torch", "jax", "keras.src")
 

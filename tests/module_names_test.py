@@ -19,6 +19,9 @@ import pytest
 
 import keras_regularize
 
+# The same on every backend: the nox sessions run it once (tests(tensorflow)).
+pytestmark = pytest.mark.backend_independent
+
 ROOT = pathlib.Path(keras_regularize.__file__).parent
 
 

@@ -14,6 +14,11 @@ import pytest
 from tests.distributed._launch import run_worker
 
 BACKEND = keras.backend.backend()
+# What a SIGKILL or a read-only directory meets is the atomic file write of
+# `_checkpoint.py`, the same on every backend: those run once (nox's
+# tests(tensorflow)). A SIGINT meets each backend's own step guard, so the
+# interrupt tests run on every backend.
+file_faults = pytest.mark.backend_independent
 KILLS = 24
 WORKER = os.path.join(os.path.dirname(__file__), "_faults_worker.py")
 
@@ -73,6 +78,7 @@ def _sigkill_matches(result):
     return matches
 
 
+@file_faults
 def test_sigkill_leaves_a_best_epoch_checkpoint(sigkill_result):
     matches = _sigkill_matches(sigkill_result)
     assert len(matches) == KILLS
@@ -92,6 +98,7 @@ def test_sigkill_leaves_a_best_epoch_checkpoint(sigkill_result):
     assert len({tuple(m) for m in matches if m}) >= KILLS // 2, matches
 
 
+@file_faults
 def test_sigkill_lands_during_writes(sigkill_result):
     # A kill that left a temporary file interrupted a write in progress;
     # without these the test above would prove little.
@@ -161,6 +168,7 @@ def read_only_result():
     return run_worker(WORKER, "read_only", {"after_epoch": 3})
 
 
+@file_faults
 def test_read_only_directory_gives_clear_error(read_only_result):
     result = read_only_result
     if os.geteuid() == 0:
@@ -174,6 +182,7 @@ def test_read_only_directory_gives_clear_error(read_only_result):
     assert result["best_epoch"] > result["after_epoch"]
 
 
+@file_faults
 def test_read_only_directory_keeps_previous_best(read_only_result):
     result = read_only_result
     best = _best_epochs(result["scores"])
