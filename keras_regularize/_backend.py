@@ -178,3 +178,19 @@ def tensorflow():
     import tensorflow as tf
 
     return tf
+
+
+def variable_scope(model):
+    """Context in which variables made during `fit` follow `model`'s replicas.
+
+    TensorFlow: the model's `tf.distribute` strategy scope, so a variable is
+    mirrored like the ones it shadows (a no-op without a strategy). JAX
+    places a variable from its `layout` (or the global distribution), and
+    torch has no such scope: a null context.
+    """
+    import contextlib
+
+    strategy = getattr(model, "distribute_strategy", None)
+    if _name() == "tensorflow" and strategy is not None:
+        return strategy.scope()
+    return contextlib.nullcontext()
