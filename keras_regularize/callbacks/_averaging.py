@@ -102,6 +102,8 @@ FINALS = ("averaged", "raw")
 
 # model -> {prefix: callback} for the fits running now.
 _ACTIVE = weakref.WeakKeyDictionary()
+# prefix -> class name of each averaging callback (for messages).
+KINDS = {}
 
 
 def _active(model):
@@ -130,6 +132,33 @@ def averaged_context(model, monitor):
     if callback is None or not callback._ready():
         return contextlib.nullcontext()
     return callback._swapped(run_hook=False)
+
+
+def averaging_hint(model, monitor):
+    """Why `val_<prefix>_*` key `monitor` is missing, or `""`.
+
+    For the message of a callback that monitors a key absent from the logs.
+    """
+    if not isinstance(monitor, str):
+        return ""
+    for prefix, kind in KINDS.items():
+        if not monitor.startswith(f"val_{prefix}_"):
+            continue
+        callback = _active(model).get(prefix) if model is not None else None
+        if callback is None:
+            return (
+                f" `val_{prefix}_*` keys come from a {kind} callback, and "
+                f"none is in this fit's callbacks: add {kind}(evaluate=True)"
+                " to `callbacks` (in any position)."
+            )
+        return (
+            f" The {kind} callback of this fit logs `val_{prefix}_*` keys "
+            "only with evaluate=True (it has "
+            f"evaluate={callback.evaluate}), on the epochs where `fit` "
+            "runs validation (`validation_data` or `validation_split`, "
+            "`validation_freq`), and once its average has started."
+        )
+    return ""
 
 
 def finish_averaging(model):
@@ -175,6 +204,11 @@ class WeightAveraging(keras.callbacks.Callback):
 
     prefix = "avg"
     in_step = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "prefix" in cls.__dict__:
+            KINDS[cls.prefix] = cls.__name__
 
     def __init__(self, evaluate=True, final="averaged", checkpoint_path=None):
         super().__init__()
@@ -495,45 +529,50 @@ class WeightAveraging(keras.callbacks.Callback):
     def averaged_weights(self):
         """The averaged model's weights, in `model.get_weights()` order.
 
-        Averaged trainable variables, cast to each variable's dtype; the
-        other variables as the averaged model has them (the raw model's
-        values, or those `_after_swap_in` left at the last averaged
-        evaluation). Works whichever weights are in place.
+        The averages of the trainable variables, cast to each variable's
+        dtype, and the other variables as the averaged model has them: the
+        raw model's values (those of the end of `fit` once it is over), or
+        the ones `_after_swap_in` left at the last averaged evaluation.
+        The same whichever weights the model holds (averaged, raw, or an
+        `EarlyStoppingRestore`'s best).
         """
-        model = self._owner
-        if model is None:
-            raise ValueError(
-                f"{type(self).__name__} has no average yet: pass it to "
-                "`fit` first."
-            )
-        sync_model_state(model)
-        if self._averaged_in_place:
-            return [_numpy(v.value) for v in model.weights]
+        model = self._fitted_model("an average")
         index = {id(v): i for i, v in enumerate(self._sources)}
         held = self._held or {}
+        rest = self._raw.values if self._averaged_in_place else None
         out = []
         for i, v in enumerate(model.weights):
             if id(v) in index:
                 a = self._averages[index[id(v)]]
-                out.append(_numpy(ops.cast(a, v.dtype)))
+                out.append(_numpy(ops.cast(a.value, v.dtype)))
             elif i in held:
                 out.append(np.array(held[i]))
+            elif rest is not None:
+                out.append(_numpy(rest[i]))
             else:
                 out.append(_numpy(v.value))
         return out
 
     def raw_weights(self):
-        """The raw (trained) weights, in `model.get_weights()` order."""
-        model = self._owner
-        if model is None:
-            raise ValueError(
-                f"{type(self).__name__} has no weights yet: pass it to "
-                "`fit` first."
-            )
-        sync_model_state(model)
+        """The raw (trained) weights, in `model.get_weights()` order.
+
+        Once `fit` has put the averaged weights in place, the raw weights
+        it ended with; before that, the model's current weights.
+        """
+        model = self._fitted_model("weights")
         if self._averaged_in_place:
             return [_numpy(v) for v in self._raw.values]
         return [_numpy(v.value) for v in model.weights]
+
+    def _fitted_model(self, what):
+        model = self._owner
+        if model is None or self._averages is None:
+            raise ValueError(
+                f"{type(self).__name__} has no {what} yet: pass it to `fit` "
+                "first."
+            )
+        sync_model_state(model)
+        return model
 
     def get_state(self):
         """The average, its count and the subclass's counters (NumPy)."""

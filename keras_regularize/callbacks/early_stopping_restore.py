@@ -17,6 +17,9 @@ from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import fail
+from keras_regularize.callbacks._averaging import averaged_context
+from keras_regularize.callbacks._averaging import averaging_hint
+from keras_regularize.callbacks._averaging import finish_averaging
 from keras_regularize.callbacks._monitor import MIN_SUFFIXES as MIN_SUFFIXES
 from keras_regularize.callbacks._monitor import auto_direction
 from keras_regularize.callbacks._monitor import name_direction
@@ -335,6 +338,9 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         if self.stop_reason is None:
             self.stop_reason = "completed"
         if self.restore_best_weights:
+            # Weight averaging callbacks put their final weights in place
+            # first, so the restored best wins whatever the callback order.
+            finish_averaging(self.model)
             self.restore()
 
     # -- recovery ----------------------------------------------------------
@@ -416,6 +422,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         message = (
             f"EarlyStoppingRestore is monitoring `{self.monitor}`, which is "
             f"not in the logs. Available keys: {sorted(logs)}."
+            f"{averaging_hint(self.model, self.monitor)}"
         )
         if self.strict:
             raise ValueError(message)
@@ -427,16 +434,20 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         # The snapshot flips to the new copy only once it is complete: an
         # interrupt during the copy leaves the previous best in place.
         if self.restore_best_weights:
-            self._snapshot.capture(self.model, tag=(current, epoch))
+            # A `val_ema_*` / `val_swa_*` monitor rates the averaged model:
+            # its weights are the ones kept.
+            with averaged_context(self.model, self.monitor):
+                self._snapshot.capture(self.model, tag=(current, epoch))
         self.best, self.best_epoch = current, epoch
 
     def _write_checkpoint(self):
         try:
-            atomic_save_weights(
-                self.model,
-                self.checkpoint_path,
-                include_optimizer=self.save_optimizer,
-            )
+            with averaged_context(self.model, self.monitor):
+                atomic_save_weights(
+                    self.model,
+                    self.checkpoint_path,
+                    include_optimizer=self.save_optimizer,
+                )
         except OSError as error:
             # The directory became unwritable (or full) during training.
             # The previous checkpoint was never opened, so it is intact;
