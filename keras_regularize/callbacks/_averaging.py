@@ -50,6 +50,10 @@ Subclass interface:
   (default: `True`; SWA returns `False` before `start_epoch`). While false,
   no `val_<prefix>_*` keys are logged and `final="averaged"` keeps the raw
   weights.
+- `_before_validation()`: runs when `fit` starts an epoch's validation
+  (`evaluate=True`), before the raw evaluation and before `_ready()` is
+  asked (SWA adds the epoch's weights to its average there, so the
+  averaged evaluation of epoch `e` includes epoch `e`).
 - `_after_swap_in()`: runs right after the averaged weights are swapped
   in, before the averaged evaluation and before the final swap (not
   before a checkpoint or an `EarlyStoppingRestore` capture, which reuse the
@@ -353,6 +357,11 @@ class WeightAveraging(keras.callbacks.Callback):
     def _after_swap_in(self):
         pass
 
+    def _before_validation(self):
+        # Runs when `fit` starts an epoch's validation, before `_ready()`
+        # is asked: SWA folds that epoch's weights into its average here.
+        pass
+
     def _extra_state(self):
         return {}
 
@@ -482,6 +491,8 @@ class WeightAveraging(keras.callbacks.Callback):
         original = model.evaluate
 
         def evaluate(*args, **kwargs):
+            if kwargs.get("_use_cached_eval_dataset") and self._fitting:
+                self._before_validation()
             results = original(*args, **kwargs)
             if not (
                 kwargs.get("_use_cached_eval_dataset")
