@@ -138,6 +138,19 @@ def averaged_context(model, monitor):
     return callback._swapped(run_hook=False)
 
 
+@contextlib.contextmanager
+def plain_optimizer(model):
+    """Context hiding running averaging callbacks' optimizer variables.
+
+    For writing a weights file during `fit` that loads into a model trained
+    without those callbacks.
+    """
+    with contextlib.ExitStack() as stack:
+        for callback in list(_active(model).values()):
+            stack.enter_context(callback._hidden_from_optimizer())
+        yield
+
+
 def averaging_hint(model, monitor):
     """Why `val_<prefix>_*` key `monitor` is missing, or `""`.
 
@@ -179,6 +192,15 @@ def _innermost(optimizer):
         seen.add(id(optimizer))
         optimizer = optimizer.inner_optimizer
     return optimizer
+
+
+def _remove(variables, unwanted):
+    # By identity and in place (the optimizer's tracker holds this list;
+    # `==` on variables compares values).
+    unwanted = {id(v) for v in unwanted}
+    for i in reversed(range(len(variables))):
+        if id(variables[i]) in unwanted:
+            del variables[i]
 
 
 def _fresh(variable, dtype):
@@ -339,9 +361,28 @@ class WeightAveraging(keras.callbacks.Callback):
         inner, model = self._patched
         self._patched = None
         inner.__dict__.pop("apply", None)
-        mine = {id(v) for v in [*self._averages, self._count]}
-        inner._variables[:] = [v for v in inner._variables if id(v) not in mine]
+        _remove(inner._variables, [*self._averages, self._count])
         model.train_function = None
+
+    @contextlib.contextmanager
+    def _hidden_from_optimizer(self):
+        """The optimizer without this callback's variables, for a file.
+
+        A weights file written with the optimizer's state then has the
+        optimizer's own layout, and loads into a model trained without the
+        callback.
+        """
+        if self._patched is None:
+            yield
+            return
+        variables = self._patched[0]._variables
+        saved = list(variables)
+        _remove(variables, [*self._averages, self._count])
+        try:
+            yield
+        finally:
+            variables.clear()
+            variables.extend(saved)
 
     # -- subclass hooks ------------------------------------------------------
 

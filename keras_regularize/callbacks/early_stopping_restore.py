@@ -20,6 +20,7 @@ from keras_regularize._validation import fail
 from keras_regularize.callbacks._averaging import averaged_context
 from keras_regularize.callbacks._averaging import averaging_hint
 from keras_regularize.callbacks._averaging import finish_averaging
+from keras_regularize.callbacks._averaging import plain_optimizer
 from keras_regularize.callbacks._monitor import MIN_SUFFIXES as MIN_SUFFIXES
 from keras_regularize.callbacks._monitor import auto_direction
 from keras_regularize.callbacks._monitor import name_direction
@@ -442,7 +443,10 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
 
     def _write_checkpoint(self):
         try:
-            with averaged_context(self.model, self.monitor):
+            with (
+                averaged_context(self.model, self.monitor),
+                plain_optimizer(self.model),
+            ):
                 atomic_save_weights(
                     self.model,
                     self.checkpoint_path,
