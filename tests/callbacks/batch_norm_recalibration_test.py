@@ -30,7 +30,7 @@ class Counter(keras.layers.Layer):
         return x
 
 
-def _model(jit_compile=False, run_eagerly=False):
+def _model(jit_compile="auto", run_eagerly=False):
     """Two trainable BN layers, the second in a nested block on 4-D input,
     dropout between them, and a frozen BN layer after them."""
     keras.utils.set_random_seed(1)
