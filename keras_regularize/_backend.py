@@ -194,3 +194,65 @@ def variable_scope(model):
     if _name() == "tensorflow" and strategy is not None:
         return strategy.scope()
     return contextlib.nullcontext()
+
+
+def value_and_grad(fn):
+    """`fn(values, *args) -> (loss, aux)` turned into a gradient function.
+
+    The returned function gives `((loss, aux), grads)`, with `grads` the
+    gradients of `loss` with respect to the list of tensors `values` (zeros
+    where `loss` does not depend on one), for training steps that evaluate
+    the model on tensors rather than on its variables (a
+    `keras.StatelessScope`), such as `SharpnessAwareMinimization`'s two
+    passes. JAX: `jax.value_and_grad`; TensorFlow: a `GradientTape` that
+    watches `values` only; torch: `torch.autograd.grad` on detached copies
+    of `values`, with `aux` detached.
+    """
+    name = _name()
+    if name == "jax":
+        import jax
+
+        return jax.value_and_grad(fn, has_aux=True)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        def tf_value_and_grad(values, *args):
+            values = list(values)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(values)
+                loss, aux = fn(values, *args)
+            grads = tape.gradient(
+                loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            return (loss, aux), list(grads)
+
+        return tf_value_and_grad
+    if name != "torch":
+        raise NotImplementedError(f"No gradients on the {name} backend.")
+    import torch
+
+    def torch_value_and_grad(values, *args):
+        values = [v.detach().requires_grad_(True) for v in values]
+        with torch.enable_grad():
+            loss, aux = fn(values, *args)
+        grads = torch.autograd.grad(loss, values, allow_unused=True)
+        grads = [
+            torch.zeros_like(v) if g is None else g
+            for v, g in zip(values, grads)
+        ]
+        aux = tree_detach(aux)
+        return (loss.detach(), aux), grads
+
+    def tree_detach(structure):
+        import keras
+
+        return keras.tree.map_structure(
+            lambda t: (
+                t.detach()
+                if isinstance(t, torch.Tensor) and t.requires_grad
+                else t
+            ),
+            structure,
+        )
+
+    return torch_value_and_grad

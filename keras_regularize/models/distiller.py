@@ -307,6 +307,18 @@ class Distiller(keras.Model):
             self._check_teachers_on(inputs, outputs)
         return outputs
 
+    def prepare_train_batch(self, x, y=None, sample_weight=None):
+        """The batch with the teachers' outputs as its cached column.
+
+        For trainers that evaluate the loss more than once per step
+        (`SharpnessAwareMinimization`): the teachers run here, once, and
+        `compute_loss` reads their outputs from the returned inputs.
+        """
+        if isinstance(x, dict) and _CACHED in x:
+            return x, y, sample_weight
+        cached = ops.stack(self._teacher_outputs(x), axis=1)
+        return {_INPUTS: x, _CACHED: cached}, y, sample_weight
+
     def _teacher_outputs(self, x):
         if isinstance(x, dict) and _CACHED in x:
             cached = ops.convert_to_tensor(x[_CACHED])
