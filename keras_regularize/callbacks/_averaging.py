@@ -478,10 +478,10 @@ class WeightAveraging(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.checkpoint_path is not None and self._ready():
-            with self._swapped(run_hook=False):
-                atomic_save_weights(
-                    self.model, self.checkpoint_path, include_optimizer=False
-                )
+            # The optimizer's own state too (without the averages), so the
+            # file loads quietly into the model compiled as it is.
+            with self._swapped(run_hook=False), plain_optimizer(self.model):
+                atomic_save_weights(self.model, self.checkpoint_path)
 
     def on_train_end(self, logs=None):
         self._finish()
