@@ -211,6 +211,10 @@ def _fresh(variable, dtype):
 
 
 def _numpy(value):
+    if _backend.is_tf_tensor(value):
+        # A 0-d `tf.distribute` MirroredVariable refuses `np.array`
+        # ("__array__ method not producing an array"); `.numpy()` reads it.
+        return np.array(value.numpy())
     return np.array(keras.ops.convert_to_numpy(value))
 
 
