@@ -256,3 +256,71 @@ def value_and_grad(fn):
         )
 
     return torch_value_and_grad
+
+
+_RUNNING_MEAN = {}
+
+
+def running_mean_update(averages, sources, scale):
+    """`a <- a + (float32(w) - a) * scale` for every pair, one pass each.
+
+    `averages` are float32 `keras.Variable`s, `sources` the variables they
+    average, `scale` a Python float (`1 / n` for an equal-weight mean).
+    torch: an in-place `lerp_` per variable. JAX: one compiled program for
+    every pair. TensorFlow: one XLA-compiled function outside a
+    `tf.distribute` strategy; eager ops under one (mirrored variables are
+    assigned in cross-replica context).
+    """
+    import keras
+
+    name = _name()
+    if name == "torch":
+        import torch
+
+        with torch.no_grad():
+            for a, w in zip(averages, sources):
+                a.value.lerp_(w.value.to(torch.float32), scale)
+        return
+    if name == "jax":
+        import jax
+
+        step = _RUNNING_MEAN.get("jax")
+        if step is None:
+
+            def update(avgs, values, s):
+                return [
+                    a + (w.astype("float32") - a) * s
+                    for a, w in zip(avgs, values)
+                ]
+
+            step = _RUNNING_MEAN["jax"] = jax.jit(update)
+        new = step(
+            [a.value for a in averages], [w.value for w in sources], scale
+        )
+        for a, value in zip(averages, new):
+            a.assign(value)
+        return
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.distribute.has_strategy():
+            step = _RUNNING_MEAN.get("tensorflow")
+            if step is None:
+
+                def update(avgs, values, s):
+                    for a, w in zip(avgs, values):
+                        a.assign_add((tf.cast(w, "float32") - a) * s)
+
+                step = _RUNNING_MEAN["tensorflow"] = tf.function(
+                    update, jit_compile=True, reduce_retracing=True
+                )
+            step(
+                [a.value for a in averages],
+                [w.value for w in sources],
+                tf.constant(scale, "float32"),
+            )
+            return
+    ops = keras.ops
+    for a, w in zip(averages, sources):
+        value = ops.cast(w.value, "float32")
+        a.assign(a.value + (value - a.value) * scale)
