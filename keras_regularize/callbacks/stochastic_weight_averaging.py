@@ -5,6 +5,7 @@ import warnings
 
 from keras import ops
 
+from keras_regularize._backend import running_mean_update
 from keras_regularize._backend import sync_model_state
 from keras_regularize._export import export
 from keras_regularize._validation import check_choice
@@ -284,13 +285,11 @@ class StochasticWeightAveraging(WeightAveraging):
             return
         sync_model_state(self._owner)
         n = self._epochs
-        scale = 1.0 / (n + 1)
-        for average, source in zip(self._averages, self._sources):
-            value = ops.cast(source.value, "float32")
-            if n == 0:
-                average.assign(ops.copy(value))
-            else:
-                average.assign(average.value + (value - average.value) * scale)
+        if n == 0:
+            for average, source in zip(self._averages, self._sources):
+                average.assign(ops.copy(ops.cast(source.value, "float32")))
+        else:
+            running_mean_update(self._averages, self._sources, 1.0 / (n + 1))
         self._epochs = n + 1
         self._count.assign(self._epochs)
         self._averaged_epoch = epoch
