@@ -258,6 +258,9 @@ class WeightAveraging(keras.callbacks.Callback):
         self._optimizer = None  # the optimizer they are attached to
         self._patched = None  # (optimizer, model) with wrapped methods
         self._fitting = False
+        self._token = None  # the `History` of the `fit` running now
+        self._guarded = None
+        self._evaluate_patched = None
         self._pending_state = None
         self._raw = WeightSnapshot()
         self._held = None  # {index in model.weights: value} after the hook
@@ -267,7 +270,11 @@ class WeightAveraging(keras.callbacks.Callback):
 
     def set_model(self, model):
         super().set_model(model)
-        if self.in_step and not self._fitting:
+        if self._fitting:
+            # A new `fit`/`evaluate` while this one thinks it trains: the
+            # previous `fit` was left by an exception.
+            self._abandon()
+        if self.in_step:
             self._attach(model)
 
     def _select(self, model):
@@ -338,6 +345,10 @@ class WeightAveraging(keras.callbacks.Callback):
                 "the model whose optimizer holds this callback's averages",
                 model,
             )
+        stale = getattr(inner.__dict__.get("apply"), "_averaging", None)
+        if stale is not None and stale is not self:
+            # Left hooked by a `fit` that raised.
+            stale._abandon()
         present = {id(v) for v in inner._variables}
         for v in [*self._averages, self._count]:
             if id(v) not in present:
@@ -354,10 +365,62 @@ class WeightAveraging(keras.callbacks.Callback):
             self._in_step_update(stepped)
             return result
 
+        apply._averaging = self
         inner.apply = apply
         self._patched = (inner, model)
+        self._guard(model)
         # A compiled step traced before now knows nothing of the averages.
         model.train_function = None
+
+    def _guard(self, model):
+        """Unhooks this callback at the next `fit` if its own one raised.
+
+        Keras calls no hook when `fit` is left by an exception; every `fit`
+        calls `make_train_function` first, so a stale hook goes there.
+        """
+        if "make_train_function" in vars(model):
+            return
+        original = model.make_train_function
+
+        def make_train_function(*args, **kwargs):
+            token = self._token
+            if token is not None and getattr(model, "history", None) is not (
+                token
+            ):
+                self._abandon()
+                return model.make_train_function(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        make_train_function._averaging = self
+        model.make_train_function = make_train_function
+        self._guarded = model
+
+    def _unguard(self):
+        model = getattr(self, "_guarded", None)
+        self._guarded = None
+        if model is not None:
+            hook = model.__dict__.get("make_train_function")
+            if getattr(hook, "_averaging", None) is self:
+                del model.__dict__["make_train_function"]
+
+    def _unhook(self):
+        """Undoes every hook, variable attachment and registration."""
+        self._fitting = False
+        self._token = None
+        model = self._owner
+        self._unwrap_evaluate()
+        self._detach()
+        self._unguard()
+        if model is not None:
+            registered = _active(model)
+            if registered.get(self.prefix) is self:
+                del registered[self.prefix]
+
+    def _abandon(self):
+        """Unhooks after a `fit` left by an exception (raw weights kept)."""
+        if self._owner is not None:
+            sync_model_state(self._owner)
+        self._unhook()
 
     def _detach(self):
         if self._patched is None:
@@ -467,6 +530,8 @@ class WeightAveraging(keras.callbacks.Callback):
         else:
             self._restart_average()
         self._fitting = True
+        self._token = getattr(model, "history", None)
+        self._guard(model)
         _ACTIVE.setdefault(model, {})[self.prefix] = self
         if self.evaluate:
             self._wrap_evaluate(model)
@@ -474,11 +539,11 @@ class WeightAveraging(keras.callbacks.Callback):
 
     def on_test_begin(self, logs=None):
         if not self._fitting:
-            self._detach()
+            self._unhook()
 
     def on_predict_begin(self, logs=None):
         if not self._fitting:
-            self._detach()
+            self._unhook()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.checkpoint_path is not None and self._ready():
@@ -568,14 +633,9 @@ class WeightAveraging(keras.callbacks.Callback):
         """Ends the fit: unhooks, then puts the final weights in place."""
         if not self._fitting:
             return
-        self._fitting = False
         model = self._owner
         sync_model_state(model)
-        self._unwrap_evaluate()
-        self._detach()
-        registered = _active(model)
-        if registered.get(self.prefix) is self:
-            del registered[self.prefix]
+        self._unhook()
         if self.final == "averaged" and self._ready():
             self._swap_in(run_hook=True)
             self._averaged_in_place = True

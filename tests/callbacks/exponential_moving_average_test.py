@@ -374,6 +374,26 @@ def test_evaluate_and_predict_with_the_callback_leave_the_model_alone(run):
     assert "apply" not in vars(model.optimizer)
 
 
+class _Boom(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        raise RuntimeError("boom")
+
+
+def test_a_fit_left_by_an_exception_is_unhooked_by_the_next_fit():
+    model = _model()
+    x, y = _data(16)
+    ema = EMA()
+    with pytest.raises(RuntimeError, match="boom"):
+        model.fit(x, y, batch_size=8, callbacks=[ema, _Boom()], verbose=0)
+    assert "apply" in vars(model.optimizer)  # Keras called no hook
+    model.fit(x, y, batch_size=8, verbose=0)  # a plain fit unhooks it
+    assert len(model.optimizer.variables) == 2
+    assert "apply" not in vars(model.optimizer)
+    assert "make_train_function" not in vars(model)
+    model.fit(x, y, batch_size=8, callbacks=[ema], verbose=0)  # reusable
+    assert ema.steps == 2 and len(model.optimizer.variables) == 2
+
+
 # -- precision, wrappers, models -----------------------------------------------
 
 
