@@ -79,6 +79,19 @@ averaged weights at an improvement, and asks the averaging callbacks to
 put their final weights in place before it restores its best, so its
 restore has the last word whatever the order.
 
+Files: `checkpoint_path` is written at each epoch end with the averaged
+weights and the optimizer's own state; `plain_optimizer(model)` hides the
+in-step variables from the optimizer meanwhile (`EarlyStoppingRestore`
+uses it for its checkpoint too), so such files load into a model trained
+without the callback.
+
+Exceptions: Keras calls no hook when `fit` raises. The callback then keeps
+its hooks until the next `fit` on the model starts: a guard on
+`model.make_train_function` (which every `fit` calls first), a stale
+`apply` patch found by another in-step callback, or `set_model` while
+still "fitting" call `_abandon()`, which undoes everything (raw weights
+kept).
+
 State: `get_state()` returns `{"prefix", "averages": [float32 arrays],
 "count": int, **_extra_state()}`; `set_state(state)` makes the next `fit`
 continue that average instead of starting a new one.
