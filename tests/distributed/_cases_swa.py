@@ -97,10 +97,12 @@ def swa_case(rate, seed):
     y = (x.sum(axis=1, keepdims=True) / 4.0).astype("float32")
     inputs = keras.Input((8,))
     h = keras.layers.Dense(16, name="dense_in")(inputs)
-    # Synchronized: under MirroredStrategy a plain BN layer normalizes each
-    # replica's half batch by its own moments, which no single-device run
-    # reproduces (JAX DataParallel computes global moments either way).
-    h = keras.layers.BatchNormalization(name="bn", synchronized=True)(h)
+    # Synchronized on TensorFlow: under MirroredStrategy a plain BN layer
+    # normalizes each replica's half batch by its own moments, which no
+    # single-device run reproduces. JAX DataParallel computes global moments
+    # anyway (and Keras accepts `synchronized=True` on TensorFlow only).
+    synchronized = keras.backend.backend() == "tensorflow"
+    h = keras.layers.BatchNormalization(name="bn", synchronized=synchronized)(h)
     h = keras.layers.Activation("tanh")(h)
     branch = keras.layers.Dense(16, activation="tanh")(h)
     branch = kr.layers.DropPath(rate, seed=seed + 5)(branch)
