@@ -205,6 +205,14 @@ ROWS = {
         strict=BOOL,
         verbose=VERBOSE,
     ),
+    "keras_regularize.callbacks.ExponentialMovingAverage": _row(
+        lambda **kw: kr.callbacks.ExponentialMovingAverage(**kw),
+        decay=[0.0, 1.0, -0.1, 1.5, *NON_NUMBERS, None],  # (0, 1)
+        warmup=BOOL,
+        evaluate=BOOL,
+        final=choice("averaged", "raw"),
+        checkpoint_path=CHECKPOINT,
+    ),
     "keras_regularize.callbacks.GradientNormLogger": _row(
         lambda **kw: kr.callbacks.GradientNormLogger(**kw),
         per_batch=BOOL,
@@ -289,6 +297,16 @@ ROWS = {
         model=MODEL,
         share_weights=BOOL,
     ),
+    "keras_regularize.models.SharpnessAwareMinimization": _row(
+        lambda model=D, **kw: kr.models.SharpnessAwareMinimization(
+            _tiny_model() if model is D else model, **kw
+        ),
+        model=[*MODEL, keras.layers.Dense],
+        rho=NONNEG,
+        adaptive=BOOL,
+        eta=NONNEG,
+        every=POS_INT,
+    ),
     "keras_regularize.optimizers.GradientClipping": _row(
         lambda optimizer=D, threshold=1.0, **kw: kr.optimizers.GradientClipping(
             keras.optimizers.SGD() if optimizer is D else optimizer,
@@ -332,6 +350,8 @@ SETTERS = [
     (L + "RandomMix", "probability", PROB),
     ("keras_regularize.models.Distiller", "temperature", POSITIVE),
     ("keras_regularize.models.Distiller", "alpha", PROB),
+    ("keras_regularize.models.SharpnessAwareMinimization", "rho", NONNEG),
+    ("keras_regularize.models.SharpnessAwareMinimization", "eta", NONNEG),
     ("keras_regularize.optimizers.GradientNoise", "eta", NONNEG),
     ("keras_regularize.optimizers.GradientClipping", "threshold", POSITIVE),
     ("keras_regularize.callbacks.EarlyStoppingRestore", "restore_best", BOOL),
