@@ -217,6 +217,19 @@ ROWS = {
         lambda **kw: kr.callbacks.GradientNormLogger(**kw),
         per_batch=BOOL,
     ),
+    "keras_regularize.callbacks.StochasticWeightAveraging": _row(
+        lambda **kw: kr.callbacks.StochasticWeightAveraging(
+            **{"start_epoch": 0, **kw}
+        ),
+        start_epoch=NONNEG_INT,
+        swa_lr=POSITIVE_OR_NONE,
+        anneal_epochs=NONNEG_INT,
+        anneal_strategy=choice("cos", "linear"),
+        recalibration_data=["abc", True, 3.0],
+        evaluate=BOOL,
+        final=choice("averaged", "raw"),
+        checkpoint_path=CHECKPOINT,
+    ),
     "keras_regularize.constraints.MaxNorm": _row(
         lambda **kw: kr.constraints.MaxNorm(**kw),
         max_value=POSITIVE,
