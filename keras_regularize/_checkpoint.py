@@ -22,6 +22,16 @@ def check_weights_path(name, value, expected=f"a path ending in '{SUFFIX}'"):
     return path
 
 
+def check_optional_weights_path(name, value):
+    """`None`, or `value` checked by `check_weights_path` (a callback's
+    optional `checkpoint_path`)."""
+    if value is None:
+        return None
+    return check_weights_path(
+        name, value, f"None or a path ending in '{SUFFIX}'"
+    )
+
+
 def _checked(path):
     return check_weights_path("path", path)
 

@@ -106,9 +106,8 @@ from keras import ops
 
 from keras_regularize import _backend
 from keras_regularize._backend import sync_model_state
-from keras_regularize._checkpoint import SUFFIX
 from keras_regularize._checkpoint import atomic_save_weights
-from keras_regularize._checkpoint import check_weights_path
+from keras_regularize._checkpoint import check_optional_weights_path
 from keras_regularize._checkpoint import ensure_writable
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
@@ -257,13 +256,9 @@ class WeightAveraging(keras.callbacks.Callback):
         super().__init__()
         self.evaluate = check_bool("evaluate", evaluate)
         self.final = check_choice("final", final, FINALS)
-        if checkpoint_path is not None:
-            checkpoint_path = check_weights_path(
-                "checkpoint_path",
-                checkpoint_path,
-                f"None or a path ending in '{SUFFIX}'",
-            )
-        self.checkpoint_path = checkpoint_path
+        self.checkpoint_path = check_optional_weights_path(
+            "checkpoint_path", checkpoint_path
+        )
         self._sources = None
         self._averages = None
         self._count = None

@@ -7,9 +7,8 @@ import warnings
 import keras
 
 from keras_regularize._backend import sync_model_state
-from keras_regularize._checkpoint import SUFFIX
 from keras_regularize._checkpoint import atomic_save_weights
-from keras_regularize._checkpoint import check_weights_path
+from keras_regularize._checkpoint import check_optional_weights_path
 from keras_regularize._checkpoint import ensure_writable
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
@@ -210,13 +209,9 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         self.restore_best_weights = _restore_flag(
             restore_best_weights, restore_best
         )
-        if checkpoint_path is not None:
-            checkpoint_path = check_weights_path(
-                "checkpoint_path",
-                checkpoint_path,
-                f"None or a path ending in '{SUFFIX}'",
-            )
-        self.checkpoint_path = checkpoint_path
+        self.checkpoint_path = check_optional_weights_path(
+            "checkpoint_path", checkpoint_path
+        )
         self.save_optimizer = check_bool("save_optimizer", save_optimizer)
         self.stopping_threshold = _finite_or_none(
             "stopping_threshold", stopping_threshold

@@ -18,21 +18,11 @@ import keras_regularize as kr
 from keras_regularize.callbacks.exponential_moving_average import (
     ExponentialMovingAverage,
 )
+from tests.distributed._case_helpers import device_count
+from tests.distributed._case_helpers import to_float64
 
 DECAY = 0.6  # warmup governs steps 1-12, the decay the rest
 TOL = 1e-5
-
-
-def _numpy(value):
-    return np.array(keras.ops.convert_to_numpy(value), dtype="float64")
-
-
-def _devices(variable):
-    value = variable.value
-    sharding = getattr(value, "sharding", None)
-    if sharding is not None and hasattr(sharding, "device_set"):
-        return len(sharding.device_set)
-    return len(getattr(value, "values", [value]))
 
 
 class EMAChecker(keras.callbacks.Callback):
@@ -43,13 +33,13 @@ class EMAChecker(keras.callbacks.Callback):
         self.ema = ema
 
     def on_train_begin(self, logs=None):
-        self.average = [_numpy(w) for w in self.model.trainable_weights]
+        self.average = [to_float64(w) for w in self.model.trainable_weights]
         self.t = 0
 
     def on_train_batch_end(self, batch, logs=None):
         self.t += 1
         d = min(DECAY, (1 + self.t) / (10 + self.t))
-        weights = [_numpy(w) for w in self.model.trainable_weights]
+        weights = [to_float64(w) for w in self.model.trainable_weights]
         self.average = [
             d * a + (1 - d) * w for a, w in zip(self.average, weights)
         ]
@@ -70,10 +60,10 @@ class EMAChecker(keras.callbacks.Callback):
         if error > TOL:
             raise AssertionError(f"EMA differs from the manual one: {error}")
         for average, source in zip(ema._averages, ema._sources):
-            if _devices(average) != _devices(source):
+            if device_count(average) != device_count(source):
                 raise AssertionError(
-                    f"average on {_devices(average)} devices, weights on "
-                    f"{_devices(source)}"
+                    f"average on {device_count(average)} devices, weights on "
+                    f"{device_count(source)}"
                 )
 
 

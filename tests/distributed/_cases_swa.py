@@ -26,21 +26,11 @@ import keras_regularize as kr
 from keras_regularize.callbacks.stochastic_weight_averaging import (
     StochasticWeightAveraging,
 )
+from tests.distributed._case_helpers import device_count
+from tests.distributed._case_helpers import to_float64
 
 START = 1
 TOL = 1e-5
-
-
-def _numpy(value):
-    return np.array(keras.ops.convert_to_numpy(value), dtype="float64")
-
-
-def _devices(variable):
-    value = variable.value
-    sharding = getattr(value, "sharding", None)
-    if sharding is not None and hasattr(sharding, "device_set"):
-        return len(sharding.device_set)
-    return len(getattr(value, "values", [value]))
 
 
 def _max_error(a, b):
@@ -61,7 +51,7 @@ class SWAChecker(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch >= START:
             self.epoch_weights.append(
-                [_numpy(w) for w in self.model.trainable_weights]
+                [to_float64(w) for w in self.model.trainable_weights]
             )
 
     def on_train_end(self, logs=None):
@@ -75,10 +65,10 @@ class SWAChecker(keras.callbacks.Callback):
         if error > TOL:
             raise AssertionError(f"SWA differs from the NumPy mean: {error}")
         for average, source in zip(swa._averages, swa._sources):
-            if _devices(average) != _devices(source):
+            if device_count(average) != device_count(source):
                 raise AssertionError(
-                    f"average on {_devices(average)} devices, weights on "
-                    f"{_devices(source)}"
+                    f"average on {device_count(average)} devices, weights on "
+                    f"{device_count(source)}"
                 )
         dense = model.get_layer("dense_in")
         bn = model.get_layer("bn")
