@@ -78,6 +78,11 @@ def check_number(
     return v
 
 
+def check_nonnegative(name, value):
+    """A finite float `>= 0`; the argument error otherwise."""
+    return check_number(name, value, low=0.0)
+
+
 def check_rate(name, value):
     """Checks a drop probability: a float in `[0, 1)`."""
     return check_number(name, value, 0.0, 1.0, high_open=True)

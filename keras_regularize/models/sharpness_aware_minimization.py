@@ -19,7 +19,7 @@ from keras_regularize._backend import value_and_grad
 from keras_regularize._export import export
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_int
-from keras_regularize._validation import check_number
+from keras_regularize._validation import check_nonnegative
 from keras_regularize._validation import fail
 from keras_regularize._variables import ScalarVariable
 from keras_regularize.models._train_protocol import prepare_train_batch
@@ -27,14 +27,6 @@ from keras_regularize.optimizers._wrapper import global_norm
 
 # Below this gradient norm the perturbation is zero rather than 0 / 0.
 _TINY = 1e-12
-
-
-def check_rho(name, value):
-    return check_number(name, value, low=0.0)
-
-
-def check_eta(name, value):
-    return check_number(name, value, low=0.0)
 
 
 def _batch_size(x):
@@ -121,8 +113,8 @@ class SharpnessAwareMinimization(keras.Model):
             fail("model", "a Keras model (a `keras.Model`)", model)
         adaptive = check_bool("adaptive", adaptive)
         every = check_int("every", every, low=1)
-        check_rho("rho", rho)
-        check_eta("eta", eta)
+        check_nonnegative("rho", rho)
+        check_nonnegative("eta", eta)
         self.model = model
         self.adaptive = adaptive
         self.every = every
@@ -144,8 +136,8 @@ class SharpnessAwareMinimization(keras.Model):
         if model.built:
             self.built = True
 
-    rho = ScalarVariable(check_rho, "The perturbation radius, a float.")
-    eta = ScalarVariable(check_eta, "ASAM's offset of `|w|`, a float.")
+    rho = ScalarVariable(check_nonnegative, "The perturbation radius, a float.")
+    eta = ScalarVariable(check_nonnegative, "ASAM's offset of `|w|`, a float.")
 
     def build(self, input_shape):
         if not self.model.built:

@@ -8,14 +8,11 @@ import keras
 from keras import ops
 
 from keras_regularize._export import export
+from keras_regularize._validation import check_nonnegative
 from keras_regularize._validation import check_number
 from keras_regularize._validation import check_seed
 from keras_regularize._variables import ScalarVariable
 from keras_regularize.optimizers._wrapper import OptimizerWrapper
-
-
-def check_eta(name, value):
-    return check_number(name, value, low=0.0)
 
 
 @export("keras_regularize.optimizers.GradientNoise")
@@ -67,7 +64,7 @@ class GradientNoise(OptimizerWrapper):
     """
 
     def __init__(self, optimizer, eta=0.01, gamma=0.55, seed=None, name=None):
-        check_eta("eta", eta)
+        check_nonnegative("eta", eta)
         gamma = check_number("gamma", gamma, low=0.0)
         seed = check_seed("seed", seed)
         super().__init__(optimizer, name=name)
@@ -80,7 +77,7 @@ class GradientNoise(OptimizerWrapper):
         self.eta = eta
 
     eta = ScalarVariable(
-        check_eta, "The noise variance at step 0, as a Python float."
+        check_nonnegative, "The noise variance at step 0, as a Python float."
     )
 
     def noise_stddev(self):
