@@ -327,3 +327,30 @@ def running_mean_update(averages, sources, scale):
     for a, w in zip(averages, sources):
         value = ops.cast(w.value, "float32")
         a.assign(a.value + (value - a.value) * scale)
+
+
+def replica_id():
+    """Which replica of a data-parallel step this code runs on.
+
+    TensorFlow: `replica_id_in_sync_group` of the current replica context,
+    an int32 tensor inside `strategy.run` (traceable, also under XLA); 0 in
+    the cross-replica context or without a strategy. torch: the process
+    group rank when `torch.distributed` is initialized (DDP), else 0. JAX:
+    always 0, since `keras.distribution` compiles one program over the
+    global batch. The Python int 0 whenever there is a single replica, so
+    callers can keep the single-device path unchanged.
+    """
+    name = _name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return 0
+        return context.replica_id_in_sync_group
+    if name == "torch":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank()
+    return 0

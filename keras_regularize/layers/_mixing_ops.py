@@ -20,6 +20,7 @@ from keras import ops
 
 from keras_regularize import _backend
 from keras_regularize._value_checks import require
+from keras_regularize.layers._seeded import draw_seed
 
 # The interface: every name here is implemented by both sets, and the
 # parity test covers each one.
@@ -116,13 +117,11 @@ class KerasOps:
 
     def uniform(self, shape):
         return keras.random.uniform(
-            shape, dtype="float32", seed=self.seed_generator
+            shape, dtype="float32", seed=draw_seed(self)
         )
 
     def normal(self, shape):
-        return keras.random.normal(
-            shape, dtype="float32", seed=self.seed_generator
-        )
+        return keras.random.normal(shape, dtype="float32", seed=draw_seed(self))
 
 
 class TFOps:

@@ -14,6 +14,7 @@ from keras_regularize._validation import check_int
 from keras_regularize._validation import fail
 from keras_regularize._validation import fail_shape
 from keras_regularize.layers._rate import RateLayer
+from keras_regularize.layers._seeded import draw_seed
 
 
 @export("keras_regularize.layers.DropBlock2D")
@@ -141,7 +142,7 @@ class DropBlock2D(RateLayer):
         corners = keras.random.uniform(
             (batch, rows, cols, channels),
             dtype="float32",
-            seed=self.seed_generator,
+            seed=draw_seed(self),
         )
         corners = ops.cast(corners < gamma, "float32")
         if size > 1:

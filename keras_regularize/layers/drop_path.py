@@ -12,28 +12,32 @@ from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_rate
 from keras_regularize.layers._rate import BranchDropLayer
+from keras_regularize.layers._seeded import draw_seed
 
 MODES = ("row", "batch")
 
 
-def keep_mask(inputs, keep_prob, mode, seed_generator):
+def keep_mask(inputs, keep_prob, mode, owner):
     """A {0, 1} mask in `inputs.dtype`, broadcastable against `inputs`.
 
-    `mode="row"` draws one decision per sample (shape `(B, 1, ..., 1)`);
-    `mode="batch"` draws one for the whole batch (shape `(1, ..., 1)`).
+    `mode="row"` draws one decision per sample (shape `(B, 1, ..., 1)`),
+    each replica of a data-parallel step its own; `mode="batch"` draws one
+    for the whole batch (shape `(1, ..., 1)`), the same on every replica.
+    `owner` holds the `seed_generator`.
     """
     rank = len(inputs.shape)
     if mode == "row":
         shape = (ops.shape(inputs)[0],) + (1,) * (rank - 1)
     else:
         shape = (1,) * rank
-    u = keras.random.uniform(shape, dtype="float32", seed=seed_generator)
+    seed = draw_seed(owner, per_replica=mode == "row")
+    u = keras.random.uniform(shape, dtype="float32", seed=seed)
     return ops.cast(u < keep_prob, inputs.dtype)
 
 
-def drop_branch(inputs, keep_prob, mode, scale_by_keep, seed_generator):
+def drop_branch(inputs, keep_prob, mode, scale_by_keep, owner):
     """Zeroes whole samples (or the whole batch) of a residual branch."""
-    mask = keep_mask(inputs, keep_prob, mode, seed_generator)
+    mask = keep_mask(inputs, keep_prob, mode, owner)
     if scale_by_keep:
         mask = mask / ops.cast(keep_prob, inputs.dtype)
     return inputs * mask
@@ -111,7 +115,7 @@ class DropPath(BranchDropLayer):
             self._keep_prob(),
             self.mode,
             self.scale_by_keep,
-            self.seed_generator,
+            self,
         )
 
 

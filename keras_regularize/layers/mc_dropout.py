@@ -15,6 +15,7 @@ from keras_regularize._validation import check_rate
 from keras_regularize._validation import fail
 from keras_regularize.layers._seeded import Seeded
 from keras_regularize.layers._seeded import add_seed_generator
+from keras_regularize.layers._seeded import draw_seed
 
 
 def check_noise_shape(noise_shape):
@@ -161,7 +162,7 @@ class MCDropout(Seeded, keras.layers.Layer):
             inputs,
             self.rate,
             noise_shape=self._mask_shape(inputs),
-            seed=self.seed_generator,
+            seed=draw_seed(self),
         )
 
     def _check_symbolic(self, inputs):

@@ -124,7 +124,7 @@ class StochasticDepth(BranchDropLayer):
                 self._keep_prob(),
                 self.mode,
                 self.scale_by_keep,
-                self.seed_generator,
+                self,
             )
         elif not self.scale_by_keep:
             residual = residual * ops.cast(self._keep_prob(), residual.dtype)

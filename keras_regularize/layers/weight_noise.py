@@ -13,6 +13,7 @@ from keras_regularize._validation import check_number
 from keras_regularize._validation import fail
 from keras_regularize._variables import ScalarVariable
 from keras_regularize.layers._seeded import add_seed_generator
+from keras_regularize.layers._seeded import draw_seed
 
 
 def check_stddev(name, value):
@@ -120,7 +121,7 @@ class WeightNoise(keras.layers.Wrapper):
         # variables.
         stddev = ops.cast(self.stddev_variable, kernel.dtype)
         noise = stddev * keras.random.normal(
-            kernel.shape, dtype=kernel.dtype, seed=self.seed_generator
+            kernel.shape, dtype=kernel.dtype, seed=draw_seed(self)
         )
         # Every variable of the wrapped layer is mapped (not only the
         # kernel): a scope does not fall back to an enclosing one, such as
