@@ -106,12 +106,13 @@ from keras import ops
 
 from keras_regularize import _backend
 from keras_regularize._backend import sync_model_state
-from keras_regularize._checkpoint import atomic_save_weights
+from keras_regularize._checkpoint import BackgroundWriter
 from keras_regularize._checkpoint import check_optional_weights_path
 from keras_regularize._checkpoint import ensure_writable
 from keras_regularize._validation import check_bool
 from keras_regularize._validation import check_choice
 from keras_regularize._validation import fail
+from keras_regularize.callbacks import _resume
 from keras_regularize.callbacks._weight_snapshot import WeightSnapshot
 
 FINALS = ("averaged", "raw")
@@ -273,6 +274,8 @@ class WeightAveraging(keras.callbacks.Callback):
         self._raw = WeightSnapshot()
         self._held = None  # {index in model.weights: value} after the hook
         self._averaged_in_place = False
+        self._writer = None
+        self._resume_done = None
 
     # -- model and variables -----------------------------------------------
 
@@ -284,6 +287,7 @@ class WeightAveraging(keras.callbacks.Callback):
             self._abandon()
         if self.in_step:
             self._attach(model)
+        _resume.register(self, model)
 
     def _select(self, model):
         return [
@@ -416,6 +420,7 @@ class WeightAveraging(keras.callbacks.Callback):
         self._fitting = False
         self._token = None
         model = self._owner
+        _resume.finished(self)
         self._unwrap_evaluate()
         self._detach()
         self._unguard()
@@ -429,6 +434,7 @@ class WeightAveraging(keras.callbacks.Callback):
         if self._owner is not None:
             sync_model_state(self._owner)
         self._unhook()
+        self._close_writer(quiet=True)
 
     def _detach(self):
         if self._patched is None:
@@ -529,6 +535,14 @@ class WeightAveraging(keras.callbacks.Callback):
                     f"{type(self).__name__} cannot write `checkpoint_path` "
                     f"{self.checkpoint_path!r}: {error.__cause__ or error}"
                 ) from error
+            if self._writer is None or self._writer.path != (
+                self.checkpoint_path
+            ):
+                self._writer = BackgroundWriter(
+                    type(self).__name__, self.checkpoint_path
+                )
+            self._writer.open(model)
+        self._resume_done = None
         if self._pending_state is not None:
             state, self._pending_state = self._pending_state, None
             self._check_state(state)
@@ -556,12 +570,47 @@ class WeightAveraging(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.checkpoint_path is not None and self._ready():
             # The optimizer's own state too (without the averages), so the
-            # file loads quietly into the model compiled as it is.
+            # file loads quietly into the model compiled as it is. The
+            # copies are taken under the swap; the file is written on a
+            # worker thread (`_checkpoint.BackgroundWriter`).
             with self._swapped(run_hook=False), plain_optimizer(self.model):
-                atomic_save_weights(self.model, self.checkpoint_path)
+                self._writer.write(self.model, tag=epoch)
+        _resume.epoch_done(self, epoch)
 
     def on_train_end(self, logs=None):
         self._finish()
+        self._close_writer()
+
+    def _close_writer(self, quiet=False):
+        writer = self._writer
+        if writer is None or not writer.busy:
+            return
+        try:
+            writer.close()
+        except BaseException:
+            if not quiet:
+                raise
+
+    # -- resume (BackupAndRestore, see `_resume`) ------------------------------
+
+    def _resume_state(self):
+        state = self.get_state()
+        arrays = state.pop("averages")
+        return state, arrays
+
+    def _resume_load(self, meta, arrays):
+        state = {k: v for k, v in meta.items() if k not in ("save", "done")}
+        state["averages"] = list(arrays)
+        if self._fitting:
+            # `on_train_begin` already started a new average: continue the
+            # saved one instead.
+            self._check_state(state)
+            self._assign_average(state["averages"], state["count"])
+            self._load_extra_state(state)
+            self._held = None
+            self._resume_done = meta.get("done")
+        else:
+            self.set_state(state)
 
     # -- swapping ------------------------------------------------------------
 

@@ -63,11 +63,23 @@ class WeightSnapshot:
             return None
         return self._buffers[self._current[0]]
 
-    def capture(self, model, tag=None):
-        """Copies `model.weights` into the spare buffer, then flips to it."""
+    def capture(self, model, tag=None, variables=None):
+        """Copies `model.weights` into the spare buffer, then flips to it.
+
+        `variables` (a list of variables of `model`, e.g. its optimizer's)
+        replaces `model.weights`; a different list than at the last capture
+        starts new buffers.
+        """
+        if variables is not None and self._variables is not None:
+            if [id(v) for v in variables] != [id(v) for v in self._variables]:
+                self._variables = None
+                self._buffers, self._owned = [None, None], [False, False]
+                self._current = None
         if self._variables is None:
             self._model = model
-            self._variables = list(model.weights)
+            self._variables = list(
+                model.weights if variables is None else variables
+            )
             if self.kind is None:
                 self.kind = _backend.weight_snapshot_kind()
         self._check_model(model)
@@ -102,6 +114,48 @@ class WeightSnapshot:
         if self.kind == "host":
             self._owned[index] = False
         return True
+
+    def load(self, model, arrays, tag=None):
+        """Makes `arrays` (one per `model.weights` entry) the current copy.
+
+        For a capture saved elsewhere (a `BackupAndRestore` sidecar file):
+        afterwards `restore` assigns these values.
+        """
+        if self._variables is None:
+            self._model = model
+            self._variables = list(model.weights)
+            if self.kind is None:
+                self.kind = _backend.weight_snapshot_kind()
+        self._check_model(model)
+        if len(arrays) != len(self._variables):
+            raise ValueError(
+                f"Expected {len(self._variables)} arrays (one per weight of "
+                f"the model). Received: {len(arrays)} arrays"
+            )
+        spare = 0 if self._current is None else 1 - self._current[0]
+        buffer = []
+        for v, array in zip(self._variables, arrays):
+            array = np.asarray(array)
+            if tuple(array.shape) != tuple(v.shape):
+                raise ValueError(
+                    f"Expected an array of shape {tuple(v.shape)} for "
+                    f"{v.path}. Received: shape {tuple(array.shape)}"
+                )
+            if self.kind == "host":
+                buffer.append(np.array(array, dtype=array.dtype))
+            elif self.kind == "copy":
+                buffer.append(ops.convert_to_tensor(array, dtype=v.dtype))
+            else:
+                buffer.append(
+                    keras.Variable(
+                        array, dtype=v.dtype, trainable=False, name="snapshot"
+                    )
+                )
+        self._buffers[spare], self._owned[spare] = buffer, True
+        self._current = (spare, tag)
+        if self.kind == "copy":
+            self._buffers[1 - spare] = None
+            self._owned[1 - spare] = False
 
     def _check_model(self, model):
         if model is not self._model:

@@ -7,7 +7,7 @@ import warnings
 import keras
 
 from keras_regularize._backend import sync_model_state
-from keras_regularize._checkpoint import atomic_save_weights
+from keras_regularize._checkpoint import BackgroundWriter
 from keras_regularize._checkpoint import check_optional_weights_path
 from keras_regularize._checkpoint import ensure_writable
 from keras_regularize._export import export
@@ -16,6 +16,7 @@ from keras_regularize._validation import check_choice
 from keras_regularize._validation import check_int
 from keras_regularize._validation import check_number
 from keras_regularize._validation import fail
+from keras_regularize.callbacks import _resume
 from keras_regularize.callbacks._averaging import averaged_context
 from keras_regularize.callbacks._averaging import averaging_hint
 from keras_regularize.callbacks._averaging import finish_averaging
@@ -228,6 +229,10 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         else:
             self._fixed_sign = _SIGNS[self.mode]
         self._guard = StepGuard(on_error=self._after_error)
+        self._writer = None
+        self._resume_pending = None
+        self._resume_done = None
+        self._begun = False
         self._reset()
 
     @property
@@ -260,8 +265,14 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
 
     # -- Keras hooks -------------------------------------------------------
 
+    def set_model(self, model):
+        super().set_model(model)
+        self._begun = False
+        _resume.register(self, model)
+
     def on_train_begin(self, logs=None):
         self._reset()
+        self._resume_done = None
         self._resolve_mode(final=False)
         if self.checkpoint_path is not None:
             try:
@@ -271,7 +282,21 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
                     "EarlyStoppingRestore cannot write `checkpoint_path` "
                     f"{self.checkpoint_path!r}: {error.__cause__ or error}"
                 ) from error
+            if self._writer is None or self._writer.path != (
+                self.checkpoint_path
+            ):
+                self._writer = BackgroundWriter(
+                    "EarlyStoppingRestore",
+                    self.checkpoint_path,
+                    include_optimizer=self.save_optimizer,
+                )
+            self._writer.include_optimizer = self.save_optimizer
+            self._writer.open(self.model)
         self._guard.install(self.model)
+        self._begun = True
+        if self._resume_pending is not None:
+            pending, self._resume_pending = self._resume_pending, None
+            self._apply_resume(*pending)
 
     def on_train_batch_begin(self, batch, logs=None):
         # Arms the step guard for the one step `fit` runs next. Only a flag:
@@ -281,6 +306,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         try:
             self._epoch_end(epoch, logs or {})
+            _resume.epoch_done(self, epoch)
         except BaseException:
             # An error raised here (an array-valued or missing monitor, an
             # unknowable mode, an interrupt) ends `fit` without
@@ -331,6 +357,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._guard.remove()
+        _resume.finished(self)
         if self.stop_reason is None:
             self.stop_reason = "completed"
         if self.restore_best_weights:
@@ -338,6 +365,9 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             # first, so the restored best wins whatever the callback order.
             finish_averaging(self.model)
             self.restore()
+        # The last checkpoint write is complete (or its error raised)
+        # before `fit` returns.
+        self._close_writer()
 
     # -- recovery ----------------------------------------------------------
 
@@ -379,6 +409,7 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         if not self._guard.active:
             return
         self._guard.remove()
+        self._close_writer(quiet=True)
         self.stop_reason = "interrupted"
         if self.restore_best_weights and self._snapshot.captured:
             # JAX keeps the live weights outside the variables during an
@@ -437,25 +468,94 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
         self.best, self.best_epoch = current, epoch
 
     def _write_checkpoint(self):
+        # The copy is taken now (the best weights' snapshot when there is
+        # one, else a copy of the weights in place); the file is written
+        # on a worker thread. An error of the previous write comes out
+        # here, or at the end of training.
+        writer = self._writer
+        values = None
+        if self.restore_best_weights and self._snapshot.captured:
+            values = self._snapshot.values
         try:
             with (
                 averaged_context(self.model, self.monitor),
                 plain_optimizer(self.model),
             ):
-                atomic_save_weights(
-                    self.model,
-                    self.checkpoint_path,
-                    include_optimizer=self.save_optimizer,
-                )
+                writer.write(self.model, values=values, tag=self.best_epoch)
         except OSError as error:
-            # The directory became unwritable (or full) during training.
-            # The previous checkpoint was never opened, so it is intact;
-            # the model holds the new best weights, which are kept.
-            self._after_error()
-            raise OSError(
-                "EarlyStoppingRestore could not write the best weights of "
-                f"epoch {self.best_epoch + 1} to `checkpoint_path` "
-                f"{self.checkpoint_path!r} (is its directory still "
-                "writable?). The file there, if any, still holds an earlier "
-                f"best epoch. Cause: {error.__cause__ or error}"
-            ) from error
+            self._raise_write_error(error)
+
+    def _close_writer(self, quiet=False):
+        writer = self._writer
+        if writer is None or not writer.busy:
+            return
+        try:
+            writer.close()
+        except OSError as error:
+            if not quiet:
+                self._raise_write_error(error)
+        except BaseException:
+            if not quiet:
+                raise
+
+    def _raise_write_error(self, error):
+        # The directory became unwritable (or full) during training. The
+        # previous checkpoint was never opened, so it is intact; the model
+        # keeps (or gets back) the best weights.
+        self._after_error()
+        epoch = getattr(error, "tag", None)
+        epoch = self.best_epoch if epoch is None else epoch
+        raise OSError(
+            "EarlyStoppingRestore could not write the best weights of "
+            f"epoch {epoch + 1} to `checkpoint_path` "
+            f"{self.checkpoint_path!r} (is its directory still "
+            "writable?). The file there, if any, still holds an earlier "
+            f"best epoch. Cause: {error.__cause__ or error}"
+        ) from error
+
+    # -- resume (BackupAndRestore) -----------------------------------------
+
+    def _resume_state(self):
+        meta = {
+            "monitor": self.monitor,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "seen": self._seen,
+            "sign": self._sign,
+            "tag": None,
+        }
+        if self._snapshot.captured:
+            meta["tag"] = list(self._snapshot.tag)
+        arrays = []
+        if self._snapshot.captured:
+            from keras_regularize.callbacks._averaging import _numpy
+
+            arrays = [_numpy(v) for v in self._snapshot.values]
+        return meta, arrays
+
+    def _resume_load(self, meta, arrays):
+        if meta.get("monitor") != self.monitor:
+            warnings.warn(
+                f"EarlyStoppingRestore(monitor={self.monitor!r}) found the "
+                f"saved state of a callback monitoring {meta.get('monitor')!r}"
+                " in the backup; starting afresh.",
+                stacklevel=2,
+            )
+            return
+        if self._begun:
+            self._apply_resume(meta, arrays)
+        else:
+            self._resume_pending = (meta, arrays)
+
+    def _apply_resume(self, meta, arrays):
+        self._reset()
+        if meta.get("sign") is not None:
+            self._sign = meta["sign"]
+        self.best = meta["best"]
+        self.best_epoch = meta["best_epoch"]
+        self.wait = meta["wait"]
+        self._seen = meta["seen"]
+        self._resume_done = meta.get("done")
+        if meta.get("tag") is not None and arrays:
+            self._snapshot.load(self.model, arrays, tag=tuple(meta["tag"]))

@@ -872,9 +872,12 @@ def test_own_error_in_on_epoch_end_restores_and_unhooks():
 def test_two_writers_of_one_checkpoint_path_never_collide(
     tmp_path, monkeypatch
 ):
-    # Both writers must be between save and rename at once: with a shared
-    # temporary name, the second rename finds no file (OSError).
+    # Two writers (threads here; processes alike) between save and rename
+    # at once: with a shared temporary name, the second rename would find
+    # no file (OSError).
     import threading
+
+    from keras_regularize._checkpoint import atomic_save_weights
 
     path = tmp_path / "best.weights.h5"
     real_save = keras.saving.save_weights
@@ -886,24 +889,20 @@ def test_two_writers_of_one_checkpoint_path_never_collide(
         temporaries.append(str(filepath))
         barrier.wait()
 
-    writers = []
-    for _ in range(2):
-        model = _model()
-        stop = EarlyStoppingRestore(checkpoint_path=path, restore_best=False)
-        stop.set_model(model)
-        stop.on_train_begin()
-        writers.append((model, stop))
+    models = [_model(), _model()]
+    for model in models:
+        model.build((None, 4))
     monkeypatch.setattr(keras.saving, "save_weights", save_then_wait)
     errors = []
 
-    def write(stop):
+    def write(model):
         try:
-            stop.on_epoch_end(0, {"val_loss": 1.0})
+            atomic_save_weights(model, path)
         except BaseException as error:  # reported below
             errors.append(error)
             barrier.abort()
 
-    threads = [threading.Thread(target=write, args=(s,)) for _, s in writers]
+    threads = [threading.Thread(target=write, args=(m,)) for m in models]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -915,11 +914,20 @@ def test_two_writers_of_one_checkpoint_path_never_collide(
     assert sorted(os.listdir(tmp_path)) == ["best.weights.h5"]
     fresh = _model()
     fresh.load_weights(path)
-    assert any(
-        not _differs(fresh.get_weights(), m.get_weights()) for m, _ in writers
-    )
-    for _, stop in writers:
-        stop.on_train_end()
+
+
+def test_two_callbacks_of_one_checkpoint_path_are_rejected(tmp_path):
+    path = tmp_path / "best.weights.h5"
+    first = EarlyStoppingRestore(checkpoint_path=path)
+    first.set_model(_model())
+    first.on_train_begin()
+    second = EarlyStoppingRestore(checkpoint_path=str(path))
+    second.set_model(_model())
+    with pytest.raises(ValueError, match="writes that file already"):
+        second.on_train_begin()
+    first.on_train_end()
+    second.on_train_begin()  # free again once the first fit ended
+    second.on_train_end()
 
 
 def test_checkpoint_rename_is_followed_by_a_directory_fsync(
