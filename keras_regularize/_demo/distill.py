@@ -1,16 +1,15 @@
 """`keras-regularize demo distill`: a small student, alone and distilled."""
 
 import os
+import time
 
 import keras
 import numpy as np
 
 import keras_regularize as kr
 from keras_regularize._demo import data
-from keras_regularize._demo import report
-from keras_regularize._demo.overfitting import accuracy
-from keras_regularize._demo.overfitting import cross_entropy
-from keras_regularize._demo.overfitting import fit_with_bar
+from keras_regularize.experiments import _report as report
+from keras_regularize.experiments._progress import StudyProgress
 
 COLUMNS = ["model", "weights", "train acc", "val acc", "val loss", "seconds"]
 ROWS = ("teacher", "student alone", "student distilled")
@@ -34,8 +33,34 @@ def _loss():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def _fit(model, title, epochs, split):
-    history, seconds = fit_with_bar(model, title, epochs, split)
+def accuracy(network, x, y):
+    logits = network.predict(x, batch_size=512, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == y))
+
+
+def cross_entropy(network, x, y):
+    """Mean sparse cross-entropy of the network's logits on `(x, y)`."""
+    logits = network.predict(x, batch_size=512, verbose=0)
+    return float(keras.ops.convert_to_numpy(_loss()(y, logits)))
+
+
+def _fit(model, title, epochs, split, progress):
+    """`fit` on the split, advancing the study's bar; (history, seconds)."""
+    x_train, y_train, x_val, y_val = split
+    progress.begin_run(title, epochs)
+    start = time.perf_counter()
+    history = model.fit(
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        validation_batch_size=512,
+        epochs=epochs,
+        batch_size=64,
+        verbose=0,
+        callbacks=[progress.callback()],
+    )
+    seconds = time.perf_counter() - start
+    progress.end_run()
     return history.history, seconds
 
 
@@ -53,21 +78,21 @@ def _row(name, seed, network, history, seconds, split):
     }
 
 
-def train_seed(seed, epochs, split):
+def train_seed(seed, epochs, split, progress):
     """Teacher, student alone and distilled student for one seed."""
     runs = []
     teacher = build_teacher(seed)
     teacher.compile("adam", _loss(), metrics=["accuracy"])
     # The teacher, the larger model, gets twice the student's epochs.
     history, seconds = _fit(
-        teacher, f"[teacher | seed {seed}]", 2 * epochs, split
+        teacher, f"teacher | seed {seed}", 2 * epochs, split, progress
     )
     runs.append(_row("teacher", seed, teacher, history, seconds, split))
 
     alone = build_student(seed)
     alone.compile(keras.optimizers.Adam(3e-3), _loss(), metrics=["accuracy"])
     history, seconds = _fit(
-        alone, f"[student alone | seed {seed}]", epochs, split
+        alone, f"student alone | seed {seed}", epochs, split, progress
     )
     runs.append(_row("student alone", seed, alone, history, seconds, split))
 
@@ -83,7 +108,7 @@ def train_seed(seed, epochs, split):
         keras.optimizers.Adam(3e-3), _loss(), metrics=["accuracy"]
     )
     history, seconds = _fit(
-        distiller, f"[student distilled | seed {seed}]", epochs, split
+        distiller, f"student distilled | seed {seed}", epochs, split, progress
     )
     runs.append(
         _row("student distilled", seed, student, history, seconds, split)
@@ -123,16 +148,26 @@ def plot_val_accuracy(runs, path):
     return report.save_figure(fig, path)
 
 
-def run(epochs, seeds, out):
+def run(epochs, seeds, out, label_noise=0.0, progress=True):
     """Trains the three models for every seed and writes the report."""
     report.check_writable(out)
-    split = data.load_digits_split()
+    x_train, y_train, x_val, y_val = data.load_digits_split()
+    split = (x_train, data.add_label_noise(y_train, label_noise), x_val, y_val)
     print(
-        f"Digits: {len(split[0])} training and {len(split[2])} validation "
+        f"Digits: {len(split[0])} training ({label_noise:.0%} of their "
+        f"labels replaced at random) and {len(split[2])} validation "
         f"images; backend {keras.backend.backend()}; {epochs} epochs; "
         f"{seeds} seed(s); temperature {TEMPERATURE}, alpha {ALPHA}."
     )
-    runs = [r for seed in range(seeds) for r in train_seed(seed, epochs, split)]
+    bar = StudyProgress(4 * epochs * seeds, enabled=progress)
+    try:
+        runs = [
+            r
+            for seed in range(seeds)
+            for r in train_seed(seed, epochs, split, bar)
+        ]
+    finally:
+        bar.close()
     rows = summarize(runs)
     print()
     print(report.table(COLUMNS, rows))
@@ -146,12 +181,13 @@ def run(epochs, seeds, out):
         "Teacher, student alone, distilled student",
         os.path.join(out, "accuracy.png"),
     )
-    report.write_report(
+    path = report.write_report(
         out,
         "Knowledge distillation on handwritten digits",
         f"Backend `{keras.backend.backend()}`, {epochs} epochs, {seeds} "
         f"seed(s); {len(split[0])} training / {len(split[2])} validation "
-        "images. The student is trained twice with the same budget and "
+        f"images ({label_noise:.0%} of the training labels replaced at "
+        "random). The student is trained twice with the same budget and "
         "initial weights: alone on the labels, and with "
         f"`keras_regularize.models.Distiller` (temperature {TEMPERATURE}, "
         f"alpha {ALPHA}, cached teacher outputs). The teacher trains for "
@@ -159,4 +195,5 @@ def run(epochs, seeds, out):
         [report.markdown_table(COLUMNS, rows)],
         {"validation accuracy": curves, "accuracy": bars},
     )
+    print(f"\nReport written to {path}")
     return rows

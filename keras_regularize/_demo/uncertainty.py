@@ -8,8 +8,8 @@ import numpy as np
 
 import keras_regularize as kr
 from keras_regularize._demo import data
-from keras_regularize._demo import report
-from keras_regularize._demo.overfitting import EpochBar
+from keras_regularize.experiments import _report as report
+from keras_regularize.experiments._progress import StudyProgress
 
 COLUMNS = ["most certain", "accuracy", "mean entropy", "max entropy"]
 FRACTIONS = (1.0, 0.9, 0.75, 0.5, 0.25)
@@ -32,7 +32,7 @@ def coverage_accuracy(correct, entropy, fraction):
     )
 
 
-def train_seed(seed, epochs, samples, split):
+def train_seed(seed, epochs, samples, split, progress):
     x_train, y_train, x_val, y_val = split
     network = build_network(seed)
     network.compile(
@@ -40,16 +40,19 @@ def train_seed(seed, epochs, samples, split):
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
+    progress.begin_run(f"MC dropout | seed {seed}", epochs)
     start = time.perf_counter()
     network.fit(
         x_train,
         y_train,
         validation_data=(x_val, y_val),
+        validation_batch_size=512,
         epochs=epochs,
         batch_size=64,
         verbose=0,
-        callbacks=[EpochBar(f"[MC dropout | seed {seed}]", epochs)],
+        callbacks=[progress.callback()],
     )
+    progress.end_run()
     mc_network = kr.models.with_mc_dropout(network)
     prediction = kr.models.mc_predict(
         mc_network, x_val, samples=samples, from_logits=True
@@ -144,17 +147,26 @@ def plot_most_uncertain(run, x_val, y_val, path):
     return report.save_figure(fig, path)
 
 
-def run(epochs, seeds, out, samples=30):
+def run(epochs, seeds, out, samples=30, label_noise=0.0, progress=True):
     """Trains, predicts with MC dropout for every seed, writes the report."""
     report.check_writable(out)
-    split = data.load_digits_split()
-    x_train, y_train, x_val, y_val = split
+    x_train, y_train, x_val, y_val = data.load_digits_split()
+    y_train = data.add_label_noise(y_train, label_noise)
+    split = (x_train, y_train, x_val, y_val)
     print(
         f"Digits: {len(x_train)} training and {len(x_val)} validation "
         f"images; backend {keras.backend.backend()}; {epochs} epochs; "
-        f"{seeds} seed(s); {samples} MC dropout samples."
+        f"{seeds} seed(s); {samples} MC dropout samples; "
+        f"{label_noise:.0%} of the training labels replaced at random."
     )
-    runs = [train_seed(seed, epochs, samples, split) for seed in range(seeds)]
+    bar = StudyProgress(epochs * seeds, enabled=progress)
+    try:
+        runs = [
+            train_seed(seed, epochs, samples, split, bar)
+            for seed in range(seeds)
+        ]
+    finally:
+        bar.close()
     rows = summarize(runs)
     print()
     print(report.table(COLUMNS, rows))
@@ -170,7 +182,7 @@ def run(epochs, seeds, out, samples=30):
     grid = plot_most_uncertain(
         runs[0], x_val, y_val, os.path.join(out, "most_uncertain.png")
     )
-    report.write_report(
+    path = report.write_report(
         out,
         "MC dropout uncertainty on handwritten digits",
         f"Backend `{keras.backend.backend()}`, {epochs} epochs, {seeds} "
@@ -187,4 +199,5 @@ def run(epochs, seeds, out, samples=30):
         ],
         {"accuracy vs entropy": curve, "most uncertain digits": grid},
     )
+    print(f"\nReport written to {path}")
     return rows
