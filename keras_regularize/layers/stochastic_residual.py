@@ -8,6 +8,7 @@ the per-sample subset form follows DINOv2's training code
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_regularize import _backend
@@ -15,6 +16,7 @@ from keras_regularize._export import export
 from keras_regularize._validation import check_input_dtype
 from keras_regularize._validation import fail
 from keras_regularize.layers._rate import BranchDropLayer
+from keras_regularize.layers._seeded import draw_seed
 from keras_regularize.layers.drop_path import drop_branch
 
 MODES = ("batch", "subset", "row")
@@ -31,14 +33,22 @@ class StochasticResidual(BranchDropLayer):
       whole batch and the layer returns `x`. A skipped block is **not
       computed**: neither its forward nor its backward pass runs, on every
       backend and inside jit-compiled steps (the choice is a `keras.ops.cond`
-      on a seeded draw). Kept blocks are scaled by `1 / (1 - rate)`.
+      on a seeded draw). Kept blocks are scaled by `1 / (1 - rate)`. The
+      decision is one for the global batch: every replica of a
+      data-parallel step takes the same one. On torch, whose steps run
+      eagerly, it is drawn on the host (no device value is read inside the
+      step) from a counter-based stream `(seed, draws)`, advanced once per
+      call; the stream is saved with the layer (the non-trainable
+      `host_stream` variable, written when the layer is saved and read back
+      when it is loaded), so a resumed run continues it.
       The losses the block adds while it runs (activity regularizers,
       `add_loss`) count in the steps where it is kept, and a skipped block
       adds none, since its activations never exist. Weight regularizers
       depend on the weights only and count in every step, as elsewhere.
     - `mode="subset"`: the block runs on a random subset of
       `max(1, floor(B * (1 - rate)))` samples (none of an empty batch), a
-      static size wherever the batch size is static, and its output is
+      static size wherever the batch size is static (each replica of a
+      data-parallel step draws its own subset), and its output is
       added back to those samples scaled by `B / subset`; the other samples
       pass through unchanged. The subset size is computed from `rate`
       when the step is traced, so a rate changed later applies once the step
@@ -101,6 +111,19 @@ class StochasticResidual(BranchDropLayer):
         if not isinstance(block, keras.layers.Layer):
             fail("block", "a keras.layers.Layer or keras.Model", block)
         self.block = block
+        if self.mode == "batch":
+            # The host stream `(seed, draws)` of torch's keep/skip
+            # decisions, seeded like the seed generator (read once, here,
+            # outside any step). Saved in `host_stream`.
+            seed = int(ops.convert_to_numpy(self.seed_generator.state)[0])
+            self._host = [seed, 0]
+            self.host_stream = self.add_weight(
+                name="host_stream",
+                shape=(2,),
+                dtype="int32",
+                initializer=keras.initializers.Constant(self._host),
+                trainable=False,
+            )
 
     def build(self, input_shape):
         input_shape = tuple(input_shape)
@@ -141,7 +164,7 @@ class StochasticResidual(BranchDropLayer):
                 self._keep_prob(),
                 "row",
                 self.scale_by_keep,
-                self.seed_generator,
+                self,
             )
         if self.mode == "subset":
             return self._call_subset(inputs)
@@ -149,10 +172,12 @@ class StochasticResidual(BranchDropLayer):
 
     def _call_batch(self, inputs):
         keep_prob = self._keep_prob()
-        u = keras.random.uniform((), dtype="float32", seed=self.seed_generator)
-        keep = u < keep_prob
         if _backend.steps_run_eagerly():
-            return self._call_batch_eager(inputs, keep, keep_prob)
+            return self._call_batch_eager(inputs, self._host_keep(), keep_prob)
+        # One decision for the global batch: the same seed on every replica.
+        seed = draw_seed(self, per_replica=False)
+        u = keras.random.uniform((), dtype="float32", seed=seed)
+        keep = u < keep_prob
         trainable = self.block.trainable_variables
         stateful = self.block.non_trainable_variables
         # Current values, read outside the cond (tracers under JAX jit).
@@ -198,9 +223,9 @@ class StochasticResidual(BranchDropLayer):
 
     def _call_batch_eager(self, inputs, keep, keep_prob):
         # Torch runs eagerly (a compiled torch step breaks its graph at this
-        # data-dependent branch), so only the taken branch executes and the
-        # block may update its state directly.
-        if bool(keep):
+        # branch), so only the taken branch executes and the block may
+        # update its state directly. `keep` is a host bool: no device read.
+        if keep:
             return inputs + self._scale(self._block(inputs, True), keep_prob)
         # Unused weights would get `None` gradients, which Keras warns about
         # and skips; a zero-weighted sum gives the zero gradients that the
@@ -210,6 +235,34 @@ class StochasticResidual(BranchDropLayer):
             return inputs
         zero = sum(ops.sum(ops.cast(w, "float32")) for w in weights) * 0.0
         return inputs + ops.cast(zero, inputs.dtype)
+
+    def _host_keep(self):
+        """The next keep/skip decision of the host stream (a Python bool).
+
+        Draw `n` of seed `s` is the first uniform of NumPy's generator
+        seeded with `[s, n]`: reproducible for a seed, the same on every
+        DDP rank, and computed without touching the device. The rate is
+        the host mirror of the rate variable.
+        """
+        seed, draws = self._host
+        self._host[1] = draws + 1
+        u = np.random.default_rng([seed, draws]).random()
+        return bool(u < 1.0 - self.rate)
+
+    def save_own_variables(self, store):
+        if self.mode == "batch":
+            self.host_stream.assign(np.array(self._host, "int32"))
+        super().save_own_variables(store)
+
+    def load_own_variables(self, store):
+        if self.mode == "batch" and "1" not in store:
+            # A file saved before the host stream existed: the rate only.
+            self.rate_variable.assign(store["0"])
+            return
+        super().load_own_variables(store)
+        if self.mode == "batch":
+            stream = ops.convert_to_numpy(self.host_stream)
+            self._host = [int(v) for v in stream]
 
     def _scale(self, out, keep_prob):
         if self.scale_by_keep:
@@ -233,7 +286,7 @@ class StochasticResidual(BranchDropLayer):
             size = ops.minimum(size, ops.cast(batch, "int32"))
             scale = batch_f / ops.cast(ops.maximum(size, 1), "float32")
         u = keras.random.uniform(
-            (batch,), dtype="float32", seed=self.seed_generator
+            (batch,), dtype="float32", seed=draw_seed(self)
         )
         _, index = ops.top_k(u, size, sorted=False)
         subset = ops.take(inputs, index, axis=0)

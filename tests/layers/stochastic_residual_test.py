@@ -188,7 +188,9 @@ def test_keras_run_layer_test_cross_check(mode):
         input_shape=(2, 4),
         expected_output_shape=(2, 4),
         expected_num_trainable_weights=2,
-        expected_num_non_trainable_weights=1,
+        # The rate, plus in batch mode the saved host stream of torch's
+        # keep/skip decisions.
+        expected_num_non_trainable_weights=2 if mode == "batch" else 1,
         expected_num_seed_generators=1,
     )
 
@@ -342,3 +344,104 @@ def test_subset_mode_trains_through_an_odd_last_batch(jit):
     )
     assert np.all(np.isfinite(history.history["loss"]))
     assert not np.array_equal(kernel, harness.to_numpy(block.kernel))
+
+
+torch_only = pytest.mark.skipif(
+    harness.BACKEND != "torch", reason="torch draws batch decisions on host"
+)
+
+
+def _decisions(layer, calls):
+    x = np.ones((2, 4), "float32")
+    return [
+        bool(harness.to_numpy(layer(x, training=True))[0, 0] > 1.5)
+        for _ in range(calls)
+    ]
+
+
+@torch_only
+def test_torch_host_stream_is_reproducible_and_survives_save_load(tmp_path):
+    # The same seed gives the same decisions; a saved layer continues its
+    # stream after loading, where the original would have continued.
+    def build():
+        block = keras.layers.Dense(4, kernel_initializer="ones")
+        inputs = keras.Input((4,))
+        layer = StochasticResidual(block, rate=0.5, seed=3)
+        return keras.Model(inputs, layer(inputs)), layer
+
+    model, layer = build()
+    _, twin = build()
+    first = _decisions(layer, 12)
+    assert first == _decisions(twin, 12)
+    assert 0 < sum(first) < 12
+    path = str(tmp_path / "residual.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    restored = [
+        lay for lay in loaded.layers if isinstance(lay, StochasticResidual)
+    ][0]
+    assert _decisions(restored, 12) == _decisions(layer, 12)
+
+
+def test_batch_mode_loads_files_saved_without_the_host_stream():
+    # Files written before the host stream existed hold the rate only.
+    layer = StochasticResidual(keras.layers.Dense(4), rate=0.5, seed=3)
+    layer.build((None, 4))
+    layer.load_own_variables({"0": np.array(0.25, "float32")})
+    assert float(harness.to_numpy(layer.rate_variable)) == 0.25
+
+
+@torch_only
+def test_torch_training_step_reads_no_device_value():
+    # A 12-block StochasticResidual model, two `fit` steps profiled from
+    # `on_train_batch_begin` to `on_train_batch_end` (the train step only,
+    # none of Keras's logging). Reads are attributed to the Python frames
+    # above them: none comes from this package. (Keras's torch SGD reads
+    # its 0-d learning rate in `_foreach_add_`, outside our code.)
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile
+
+    reads = ("aten::item", "aten::_local_scalar_dense")
+
+    def count(prof, frame):
+        found = 0
+        for event in prof.events():
+            if event.name not in reads:
+                continue
+            parent = event.cpu_parent
+            while parent is not None and frame not in parent.name:
+                parent = parent.cpu_parent
+            found += parent is not None
+        return found
+
+    def profiled():
+        return profile(activities=[ProfilerActivity.CPU], with_stack=True)
+
+    class StepProfiler(keras.callbacks.Callback):
+        counts = []
+
+        def on_train_batch_begin(self, batch, logs=None):
+            self.prof = profiled()
+            self.prof.__enter__()
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.prof.__exit__(None, None, None)
+            self.counts.append(count(self.prof, "keras_regularize"))
+
+    inputs = keras.Input((8,))
+    h = inputs
+    for i in range(12):
+        h = StochasticResidual(
+            keras.layers.Dense(8, activation="tanh"), rate=0.5, seed=i
+        )(h)
+    model = keras.Model(inputs, keras.layers.Dense(1)(h))
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((16, 8), "float32"), np.ones((16, 1), "float32")
+    model.fit(
+        x, y, batch_size=8, epochs=1, verbose=0, callbacks=[StepProfiler()]
+    )
+    assert StepProfiler.counts == [0, 0]
+    # The attribution does see a read made from a given file.
+    with profiled() as prof:
+        bool(keras.ops.sum(keras.ops.ones((2,))) > 0)
+    assert count(prof, "stochastic_residual_test.py") >= 1
