@@ -203,38 +203,128 @@ class ForceTraining(keras.layers.Layer):
         return keras.ops.concatenate(outputs, axis=-1)
 
 
+class ReplicaDraws(keras.layers.Layer):
+    """Every per-sample or per-element draw of the random layers, as columns.
+
+    On a batch of ones, in training mode: which samples `DropPath(row)`
+    keeps, which samples `StochasticResidual(subset)` runs its block on,
+    `DropBlock2D`'s and `MCDropout`'s kept elements (4 each), the output of
+    a `WeightNoise` Dense (its noised kernel, one per replica), and the
+    mixing layers' per-sample lambdas and partners (`elem` mode).
+    """
+
+    # Columns of the output, and how many each takes.
+    COLUMNS = {
+        "drop_path": 1,
+        "subset": 1,
+        "drop_block": 4,
+        "mc_dropout": 4,
+        "weight_noise": 1,
+        "mixup_lam": 1,
+        "mixup_partner": 1,
+        "cutmix_lam": 1,
+        "cutmix_partner": 1,
+    }
+    # Draws that are keep/drop flags at keep probability 0.5.
+    KEPT = ("drop_path", "subset", "drop_block", "mc_dropout")
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        layers = kr.layers
+        self.row = layers.DropPath(0.5, mode="row", seed=9)
+        self.subset = layers.StochasticResidual(
+            keras.layers.Dense(4, kernel_initializer="ones"),
+            rate=0.5,
+            mode="subset",
+            seed=10,
+        )
+        self.drop_block = layers.DropBlock2D(0.5, block_size=1, seed=11)
+        self.mc = layers.MCDropout(0.5, seed=12)
+        self.noise = layers.WeightNoise(
+            keras.layers.Dense(1, kernel_initializer="ones", use_bias=False),
+            stddev=1.0,
+            seed=13,
+        )
+        self.mixup = layers.MixupLayer(alpha=1.0, mode="elem", seed=14)
+        # RandomMix draws through the same operations as these two.
+        self.cutmix = layers.CutMixLayer(alpha=1.0, mode="elem", seed=15)
+
+    def call(self, x):
+        ops = keras.ops
+        images = ops.reshape(x, (-1, 2, 2, 1))
+        _, mix_lam, mix_partner = self.mixup.mix_images(images)
+        _, cut_lam, cut_partner = self.cutmix.mix_images(images)
+        columns = [
+            self.row(x, training=True)[:, :1] > 0.5,
+            self.subset(x, training=True)[:, :1] > 1.5,
+            ops.reshape(self.drop_block(images, training=True), (-1, 4)) > 0,
+            self.mc(x, training=True) > 0.5,
+            self.noise(x, training=True),
+        ] + [
+            ops.expand_dims(v, -1)
+            for v in (mix_lam, mix_partner, cut_lam, cut_partner)
+        ]
+        return ops.concatenate([ops.cast(c, "float32") for c in columns], -1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], sum(self.COLUMNS.values()))
+
+
+def _replica_draws(out, batches, replicas):
+    """Per-layer facts about the replicas' draws, from `ReplicaDraws` rows.
+
+    `out` is `(batches, batch_size, columns)`. For each layer: the steps in
+    which every replica's draws equal replica 0's (all of them when the
+    replicas repeat one draw; by chance only, when they are independent),
+    the draws themselves, and for keep/drop layers each replica's kept
+    count out of its draws over all steps.
+    """
+    facts, start = {}, 0
+    for name, width in ReplicaDraws.COLUMNS.items():
+        values = out[..., start : start + width]
+        start += width
+        shards = values.reshape(batches, replicas, -1)
+        fact = {
+            "identical_steps": int(
+                sum(all(np.array_equal(s[0], r) for r in s[1:]) for s in shards)
+            ),
+            "values": values.reshape(batches, -1).tolist(),
+        }
+        if name in ReplicaDraws.KEPT:
+            per_replica = shards.transpose(1, 0, 2).reshape(replicas, -1)
+            fact["kept"] = per_replica.sum(axis=1).astype(int).tolist()
+            fact["draws"] = int(per_replica.shape[1])
+        facts[name] = fact
+    return facts
+
+
 def _decisions(batches, batch_size, replicas):
-    """Per-step keep/drop decisions, read off every sample of every shard.
+    """Per-step keep/drop decisions and draws, read off every shard.
 
     All samples are equal, so within one step every row of the batch-mode
     outputs must be equal unless a replica drew its own decision. The
     residual block adds `4 / keep` when kept (kernel of ones, rows of ones).
-    A row-mode `DropPath` is recorded too, to see whether the replicas'
-    per-sample masks are independent of each other.
+    The per-sample draws of every random layer (`ReplicaDraws`) are
+    recorded per replica, to see that replicas draw independently.
     """
     residual = kr.layers.StochasticResidual(
         keras.layers.Dense(4, kernel_initializer="ones"), rate=0.5, seed=7
     )
     drop_path = kr.layers.DropPath(0.5, mode="batch", seed=8)
-    row = kr.layers.DropPath(0.5, mode="row", seed=9)
     inputs = keras.Input((4,))
-    layer = ForceTraining([residual, drop_path, row])
-    model = keras.Model(inputs, layer(inputs))
+    batch_out = ForceTraining([residual, drop_path])(inputs)
+    model = keras.Model(inputs, [batch_out, ReplicaDraws()(inputs)])
     x = np.ones((batches * batch_size, 4), "float32")
-    out = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    out = out.reshape(batches, batch_size, 12)
-    batch_mode = out[..., :8]
-    row_kept = out[..., 8] > 0.5
-    shards = row_kept.reshape(batches, replicas, batch_size // replicas)
+    batch_mode, draws = model.predict(x, batch_size=batch_size, verbose=0)
+    batch_mode = np.asarray(batch_mode).reshape(batches, batch_size, 8)
+    draws = np.asarray(draws).reshape(batches, batch_size, -1)
     return {
         # Distinct rows per step: 1 everywhere when replicas agree.
         "distinct_rows": [len({r.tobytes() for r in s}) for s in batch_mode],
         "residual_kept": [bool(s[0, 0] > 1.5) for s in batch_mode],
         "drop_path_kept": [bool(s[0, 4] > 0.5) for s in batch_mode],
-        "row_keep_fraction": float(row_kept.mean()),
-        "row_mask": row_kept.astype(int).tolist(),
-        # Steps in which every replica drew the same per-sample mask.
-        "row_shards_identical": int(sum((s == s[0]).all() for s in shards)),
+        "replicas": replicas,
+        "draws": _replica_draws(draws, batches, replicas),
     }
 
 
@@ -267,6 +357,121 @@ def _equivalence(distributed_fit):
     return result
 
 
+def _spec(value):
+    """A JAX array's partition spec as a list of axis names, or `"host"`."""
+    sharding = getattr(value, "sharding", None)
+    if sharding is None or not hasattr(sharding, "spec"):
+        return "host"
+    spec = list(sharding.spec)
+    while spec and spec[-1] is None:  # ("model", None) means ("model",)
+        spec.pop()
+    return [None if a is None else str(a) for a in spec]
+
+
+class LayoutProbe(keras.callbacks.Callback):
+    """Records, after the callbacks before it, where their copies live.
+
+    Placed after `EarlyStoppingRestore` and `ExponentialMovingAverage`, at
+    each epoch end: the partition spec of every model weight, of its copy
+    in the early-stopping snapshot, and of its moving average; and of a
+    `WeightSnapshot(kind="copy")` capture (the accelerator path).
+    """
+
+    def __init__(self, stop, ema):
+        super().__init__()
+        self.stop, self.ema, self.records = stop, ema, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        from keras_regularize.callbacks._weight_snapshot import WeightSnapshot
+
+        model = self.model
+        weights = list(model.weights)
+        snapshot = self.stop._snapshot
+        copy = WeightSnapshot(kind="copy")
+        copy.capture(model)
+        averaged = {
+            id(v): a for v, a in zip(self.ema._sources, self.ema._averages)
+        }
+        self.records.append(
+            {
+                "names": [v.path for v in weights],
+                "weights": [_spec(v.value) for v in weights],
+                "snapshot_kind": snapshot.kind,
+                "snapshot": [_spec(a) for a in snapshot.values or []],
+                "copy_snapshot": [_spec(a) for a in copy.values],
+                "averages": [
+                    _spec(averaged[id(v)].value) if id(v) in averaged else None
+                    for v in weights
+                ],
+            }
+        )
+
+
+def _model_parallel(devices):
+    """A sharded model with DropPath, MaxNorm, EarlyStoppingRestore and EMA.
+
+    `ModelParallel` over a (2 batch x 4 model) mesh; the hidden Dense
+    kernels are split over their output units on the "model" axis.
+    """
+    mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], devices)
+    layout_map = keras.distribution.LayoutMap(mesh)
+    layout_map["hidden.*kernel"] = (None, "model")
+    layout_map["hidden.*bias"] = ("model",)
+    keras.distribution.set_distribution(
+        keras.distribution.ModelParallel(
+            layout_map=layout_map, batch_dim_name="batch"
+        )
+    )
+    try:
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((8,))
+        h = keras.layers.Dense(16, activation="tanh", name="hidden_0")(inputs)
+        branch = keras.layers.Dense(16, activation="tanh", name="hidden_1")(h)
+        branch = kr.layers.DropPath(0.5, seed=2)(branch)
+        h = keras.layers.Add()([h, branch])
+        model = keras.Model(inputs, keras.layers.Dense(1, name="head")(h))
+        kr.constraints.apply_max_norm(model, max_value=0.5)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+        script = ScriptedMonitor(SCORES, monitor="score")
+        stop = kr.callbacks.EarlyStoppingRestore(
+            monitor="score", mode="min", patience=5
+        )
+        ema = kr.callbacks.ExponentialMovingAverage(
+            decay=0.9, evaluate=False, final="raw"
+        )
+        probe = LayoutProbe(stop, ema)
+        x, y = _data()
+        history = model.fit(
+            x,
+            y,
+            batch_size=16,
+            epochs=len(SCORES),
+            shuffle=False,
+            callbacks=[script, stop, ema, probe],
+            verbose=0,
+        )
+        kernels = {
+            v.path: np.array(v.value) for v in model.weights if v.ndim == 2
+        }
+        return {
+            "loss": [float(v) for v in history.history["loss"]],
+            "restored": stop.restored,
+            "restore_error": _max_diff(
+                [np.array(w) for w in model.get_weights()],
+                script.weights[stop.best_epoch],
+            ),
+            # Per output unit (column) of every kernel: its incoming norm.
+            "unit_norms": {
+                k: np.linalg.norm(v, axis=0).tolist()
+                for k, v in kernels.items()
+            },
+            "layouts": probe.records[-1],
+            "final_weights": [_spec(v.value) for v in model.weights],
+        }
+    finally:
+        keras.distribution.set_distribution(None)
+
+
 # -- engines -----------------------------------------------------------------
 
 
@@ -282,6 +487,7 @@ def jax_data_parallel():
             keras.distribution.set_distribution(None)
 
     result = {"devices": len(devices), "cases": _equivalence(distributed_fit)}
+    result["model_parallel"] = _model_parallel(devices)
     keras.distribution.set_distribution(distribution)
     result["decisions"] = _decisions(24, 16, len(devices))
     # A batch that the 8 devices cannot share equally.
@@ -339,12 +545,14 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-def _torch_train(case, rate, x, y, steps, ddp_rank=None):
+def _torch_train(case, rate, x, y, steps, ddp_rank=None, noise=False):
     """A plain torch loop over a Keras model, as under DDP.
 
     Keras's `fit` has no DDP support (its torch trainer neither wraps the
     model nor all-reduces gradients), so data-parallel torch training uses
-    the model as a `torch.nn.Module` in a torch loop.
+    the model as a `torch.nn.Module` in a torch loop. With `noise`, the
+    all-reduced gradients go to a Keras `GradientNoise(SGD)` optimizer
+    (`apply`) instead of torch's SGD.
     """
     import torch
 
@@ -352,16 +560,24 @@ def _torch_train(case, rate, x, y, steps, ddp_rank=None):
     module = model
     if ddp_rank is not None:
         module = torch.nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(
-        [p for p in module.parameters() if p.requires_grad], lr=0.05
-    )
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.05)
+    if noise:
+        noisy = kr.optimizers.GradientNoise(
+            keras.optimizers.SGD(0.05), eta=0.5, seed=3
+        )
+        noisy.build(model.trainable_variables)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
         loss = torch.nn.functional.mse_loss(module(x, training=True), y)
         loss.backward()
-        optimizer.step()
+        if noise:
+            variables = model.trainable_variables
+            noisy.apply([v.value.grad for v in variables], variables)
+        else:
+            optimizer.step()
         losses.append(float(loss.detach()))
     weights = [np.array(w) for w in model.get_weights()]
     return losses, weights
@@ -383,6 +599,14 @@ def _torch_rank(rank, port, directory):
                     case, rate, x[shard], y[shard], steps=12, ddp_rank=rank
                 )
                 runs[f"{case}/{rate}"] = {"losses": losses, "weights": weights}
+        # GradientNoise after DDP's all-reduce: the same noise on each rank.
+        losses, weights = _torch_train(
+            "stochastic_depth", 0.0, x[shard], y[shard], 12, rank, noise=True
+        )
+        runs["stochastic_depth/0.0/noise"] = {
+            "losses": losses,
+            "weights": weights,
+        }
         keras.utils.set_random_seed(5)
         decisions = _decisions(24, 8, 1)
         np.savez(
@@ -408,8 +632,10 @@ def torch_ddp(directory=None):
     x, y = _data(n=16)
     result = {"cases": {}, "decisions": decisions}
     for key in runs[0]:
-        case, rate = key.split("/")
-        losses, weights = _torch_train(case, float(rate), x, y, steps=12)
+        case, rate, *noise = key.split("/")
+        losses, weights = _torch_train(
+            case, float(rate), x, y, steps=12, noise=bool(noise)
+        )
         result["cases"][key] = {
             "single_loss": losses,
             # The mean of the two ranks' losses is the full-batch loss.
