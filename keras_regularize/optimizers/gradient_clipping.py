@@ -239,8 +239,10 @@ class GradientClipping(OptimizerWrapper):
     A step "clipped" when any gradient changed. Clipping acts on unscaled
     gradients: under `"mixed_float16"`, `compile()` wraps the wrapper in a
     `LossScaleOptimizer`, which unscales (and skips non-finite steps) first.
-    With gradient accumulation on the inner optimizer, each micro-batch's
-    gradient is clipped before it is accumulated. The wrapper otherwise
+    With gradient accumulation (`gradient_accumulation_steps=k`, set on the
+    inner optimizer or on the wrapper), clipping and the recorded norm act
+    once per applied update, on the mean of the `k` accumulated gradients
+    (as Keras's own `global_clipnorm` does). The wrapper otherwise
     behaves like `keras.optimizers.LossScaleOptimizer`: learning rate and
     `iterations` are the inner optimizer's, and it saves to `.keras` with
     its inner optimizer and recorded state. `threshold` is held in a

@@ -24,7 +24,10 @@ class GradientNoise(OptimizerWrapper):
     drawn independently per element from the wrapper's own
     `keras.random.SeedGenerator`. The noised gradients then go to the wrapped
     optimizer, which applies its own clipping, weight decay and update rule.
-    With `eta=0` training is exactly that of the wrapped optimizer.
+    With `eta=0` training is exactly that of the wrapped optimizer. With
+    gradient accumulation (`gradient_accumulation_steps=k` on the inner
+    optimizer or the wrapper) the noise is added once per applied update,
+    to the mean of the `k` accumulated gradients, and `t` counts updates.
 
     The wrapper works like `keras.optimizers.LossScaleOptimizer`: learning
     rate and `iterations` are the wrapped optimizer's, the wrapper's
