@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import _harness  # noqa: E402
 
-from keras_regularize.models.add_regularization import add_regularization  # noqa: E402
+from keras_regularize.models._retrofit import add_regularization  # noqa: E402
 
 BACKEND = _harness.BACKEND
 SMOKE = _harness.SMOKE
@@ -75,7 +75,10 @@ def main():
     rows = []
     for name, t in times.items():
         ref = "original" if "0.1" in name else "drop_path=0.5 (row)"
-        ratio = "-" if name == "original" else f"{t / times[ref]:.3f}x"
+        if name in ("original", ref):
+            ref, ratio = "-", "-"
+        else:
+            ratio = f"{t / times[ref]:.3f}x"
         rows.append([name, f"{t * 1e3:.0f}", ref, ratio])
     _harness.write_table(
         "add_regularization",

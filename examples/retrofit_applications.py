@@ -14,7 +14,7 @@ import numpy as np
 from _common import SMOKE
 
 import keras_regularize as kr  # noqa: F401  (registers the layers)
-from keras_regularize.models.add_regularization import add_regularization
+from keras_regularize.models._retrofit import add_regularization
 
 NAMES = (
     ["MobileNetV2"] if SMOKE else ["MobileNetV2", "ResNet50", "ConvNeXtTiny"]

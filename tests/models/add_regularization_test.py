@@ -12,7 +12,7 @@ from keras_regularize._layer_walk import walk_layers
 from keras_regularize.layers.drop_path import DropPath
 from keras_regularize.layers.drop_path import drop_path_rates
 from keras_regularize.layers.stochastic_residual import StochasticResidual
-from keras_regularize.models.add_regularization import add_regularization
+from keras_regularize.models._retrofit import add_regularization
 from tests.harness import BACKEND
 from tests.harness import AlwaysTraining
 from tests.harness import assert_error_names_value
