@@ -210,7 +210,7 @@ def _run(name, parts, seed, settings, data, progress):
             "optimizer": settings["optimizer"](),
             "loss": settings["loss"],
             "metrics": ["accuracy"],
-            "jit_compile": settings["jit_compile"],
+            "run_eagerly": settings["run_eagerly"],
         },
         {
             "epochs": settings["epochs"],
@@ -270,7 +270,7 @@ def ablation(
     learning_rate=1e-3,
     loss=None,
     from_logits=True,
-    jit_compile="auto",
+    run_eagerly=False,
     progress=True,
 ):
     """Trains a model with each technique and without, on the same seeds.
@@ -339,9 +339,9 @@ def ablation(
             SparseCategoricalCrossentropy(from_logits=from_logits)`.
         from_logits: Bool, whether the model outputs logits (else
             probabilities). Defaults to `True`.
-        jit_compile: `"auto"`, `True` or `False`, passed to `compile`
-            (`False` runs eager steps on JAX: cheaper than compiling for a
-            tiny model trained for a few steps). Defaults to `"auto"`.
+        run_eagerly: Bool, passed to `compile`. `True` skips compiling the
+            steps, which is cheaper for a tiny model trained for a few
+            steps (a doctest, a smoke test). Defaults to `False`.
         progress: Bool, whether to draw one progress bar over the whole
             study on stderr (technique, seed, ETA). Defaults to `True`.
 
@@ -359,11 +359,10 @@ def ablation(
     ...         keras.Input((4,)), keras.layers.Dense(8, activation="relu"),
     ...         keras.layers.Dropout(dropout), keras.layers.Dense(2)])
     >>> result = keras_regularize.experiments.ablation(
-    ...     build, (x[:32], y[:32], x[32:], y[32:]),
-    ...     ["dropout=0.3", "weight_decay"], seeds=2, epochs=2,
-    ...     jit_compile=False, progress=False)
+    ...     build, (x[:32], y[:32], x[32:], y[32:]), ["dropout=0.3"],
+    ...     seeds=2, epochs=1, run_eagerly=True, progress=False)
     >>> result.names
-    ['none', 'dropout=0.3', 'weight_decay']
+    ['none', 'dropout=0.3']
     >>> sorted(result.effects()["dropout=0.3"])
     ['mean', 'n', 'se', 'significant']
 
@@ -382,8 +381,7 @@ def ablation(
     )
     from_logits = check_bool("from_logits", from_logits)
     progress = check_bool("progress", progress)
-    if jit_compile != "auto":
-        jit_compile = check_bool("jit_compile", jit_compile)
+    run_eagerly = check_bool("run_eagerly", run_eagerly)
     if loss is None:
         from keras_regularize.losses import SparseCategoricalCrossentropy
 
@@ -400,7 +398,7 @@ def ablation(
         # compiled shape for validation and one for prediction.
         "eval_batch_size": min(len(data[2]), 2048),
         "from_logits": from_logits,
-        "jit_compile": jit_compile,
+        "run_eagerly": run_eagerly,
     }
     bar = StudyProgress(len(rows) * len(seeds) * epochs, enabled=progress)
     runs = []
