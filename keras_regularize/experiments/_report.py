@@ -221,24 +221,6 @@ def conclusions(result):
             f"({verdict}), for "
             f"{np.mean(result.values(combo, 'seconds')):.1f} s a run."
         )
-    if helped:
-        first = max(
-            helped,
-            key=lambda n: (
-                effects[n]["mean"]
-                / max(
-                    np.mean(result.values(n, "seconds")) - base_seconds,
-                    0.05 * max(base_seconds, 1e-9),
-                )
-            ),
-        )
-        lines += [
-            "",
-            f"Start with `{first}`: the largest significant gain per "
-            "second of training in this run. Add the next one only if the "
-            "gap stays large, and keep it only if it still wins, paired by "
-            "seed, against what you already have.",
-        ]
     for key in result.measure_names():
         for name in result.names:
             shares = [
@@ -258,6 +240,24 @@ def conclusions(result):
                     else "."
                 )
             )
+    if helped:
+        first = max(
+            helped,
+            key=lambda n: (
+                effects[n]["mean"]
+                / max(
+                    np.mean(result.values(n, "seconds")) - base_seconds,
+                    0.05 * max(base_seconds, 1e-9),
+                )
+            ),
+        )
+        lines += [
+            "",
+            f"Start with `{first}`: the largest significant gain per "
+            "second of training in this run. Add the next one only if the "
+            "gap stays large, and keep it only if it still wins, paired by "
+            "seed, against what you already have.",
+        ]
     return lines
 
 
