@@ -520,7 +520,9 @@ def test_application_training_frequency_and_skip(name):
     skip, report = add_regularization(
         built["model"], drop_path=0.5, drop_path_mode="skip"
     )
-    assert np.array_equal(_np(skip(IMAGES, training=False)), built["before"])
+    # The training call above moved the shared batch-norm statistics.
+    now = _np(built["model"](IMAGES, training=False))
+    assert np.array_equal(_np(skip(IMAGES, training=False)), now)
     assert report.fallbacks == sum(
         m.skip == "projection" for m in report.merges
     )
@@ -539,7 +541,10 @@ def test_convnext_private_stochastic_depth_is_replaced():
         name="tiny_convnext",
     )
     new, report = add_regularization(model, drop_path=0.1)
-    assert all(m.replaced.startswith("StochasticDepth") for m in report.merges)
+    # ConvNeXt's first block has rate 0, hence a linear Activation instead.
+    replaced = [m.replaced for m in report.merges]
+    assert replaced[0] is None
+    assert all(r.startswith("StochasticDepth") for r in replaced[1:])
     assert not any(
         type(layer).__name__ == "StochasticDepth" for layer in walk_layers(new)
     )
