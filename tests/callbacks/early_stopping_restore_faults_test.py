@@ -94,8 +94,9 @@ def test_sigkill_leaves_a_best_epoch_checkpoint(sigkill_result):
         # its first write finished) the file it found, unchanged.
         assert match[0] == run or match == previous, (run, matches)
         previous = match
-    # New files keep arriving: most children finish at least one write.
-    assert len({tuple(m) for m in matches if m}) >= KILLS // 2, matches
+    # New files keep arriving. Writes run on a worker thread, so a kill
+    # soon after an epoch end often lands before that write finished.
+    assert len({tuple(m) for m in matches if m}) >= KILLS // 3, matches
 
 
 @file_faults
