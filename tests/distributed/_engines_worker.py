@@ -227,9 +227,16 @@ class ReplicaDraws(keras.layers.Layer):
     }
     # Draws that are keep/drop flags at keep probability 0.5.
     KEPT = ("drop_path", "subset", "drop_block", "mc_dropout")
+    MIXING = ("mixup_lam", "mixup_partner", "cutmix_lam", "cutmix_partner")
 
-    def __init__(self, **kwargs):
+    def __init__(self, mixing=True, **kwargs):
         super().__init__(**kwargs)
+        self.mixing = mixing
+        self.columns = {
+            k: v
+            for k, v in self.COLUMNS.items()
+            if mixing or k not in self.MIXING
+        }
         layers = kr.layers
         self.row = layers.DropPath(0.5, mode="row", seed=9)
         self.subset = layers.StochasticResidual(
@@ -252,25 +259,27 @@ class ReplicaDraws(keras.layers.Layer):
     def call(self, x):
         ops = keras.ops
         images = ops.reshape(x, (-1, 2, 2, 1))
-        _, mix_lam, mix_partner = self.mixup.mix_images(images)
-        _, cut_lam, cut_partner = self.cutmix.mix_images(images)
         columns = [
             self.row(x, training=True)[:, :1] > 0.5,
             self.subset(x, training=True)[:, :1] > 1.5,
             ops.reshape(self.drop_block(images, training=True), (-1, 4)) > 0,
             self.mc(x, training=True) > 0.5,
             self.noise(x, training=True),
-        ] + [
-            ops.expand_dims(v, -1)
-            for v in (mix_lam, mix_partner, cut_lam, cut_partner)
         ]
+        if self.mixing:
+            _, mix_lam, mix_partner = self.mixup.mix_images(images)
+            _, cut_lam, cut_partner = self.cutmix.mix_images(images)
+            columns += [
+                ops.expand_dims(v, -1)
+                for v in (mix_lam, mix_partner, cut_lam, cut_partner)
+            ]
         return ops.concatenate([ops.cast(c, "float32") for c in columns], -1)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0], sum(self.COLUMNS.values()))
+        return (input_shape[0], sum(self.columns.values()))
 
 
-def _replica_draws(out, batches, replicas):
+def _replica_draws(out, batches, replicas, columns):
     """Per-layer facts about the replicas' draws, from `ReplicaDraws` rows.
 
     `out` is `(batches, batch_size, columns)`. For each layer: the steps in
@@ -280,7 +289,7 @@ def _replica_draws(out, batches, replicas):
     count out of its draws over all steps.
     """
     facts, start = {}, 0
-    for name, width in ReplicaDraws.COLUMNS.items():
+    for name, width in columns.items():
         values = out[..., start : start + width]
         start += width
         shards = values.reshape(batches, replicas, -1)
@@ -298,14 +307,15 @@ def _replica_draws(out, batches, replicas):
     return facts
 
 
-def _decisions(batches, batch_size, replicas):
+def _decisions(batches, batch_size, replicas, mixing=True):
     """Per-step keep/drop decisions and draws, read off every shard.
 
     All samples are equal, so within one step every row of the batch-mode
     outputs must be equal unless a replica drew its own decision. The
     residual block adds `4 / keep` when kept (kernel of ones, rows of ones).
     The per-sample draws of every random layer (`ReplicaDraws`) are
-    recorded per replica, to see that replicas draw independently.
+    recorded per replica, to see that replicas draw independently
+    (`mixing=False` leaves the mixing layers out).
     """
     residual = kr.layers.StochasticResidual(
         keras.layers.Dense(4, kernel_initializer="ones"), rate=0.5, seed=7
@@ -313,7 +323,8 @@ def _decisions(batches, batch_size, replicas):
     drop_path = kr.layers.DropPath(0.5, mode="batch", seed=8)
     inputs = keras.Input((4,))
     batch_out = ForceTraining([residual, drop_path])(inputs)
-    model = keras.Model(inputs, [batch_out, ReplicaDraws()(inputs)])
+    draws_layer = ReplicaDraws(mixing=mixing)
+    model = keras.Model(inputs, [batch_out, draws_layer(inputs)])
     x = np.ones((batches * batch_size, 4), "float32")
     batch_mode, draws = model.predict(x, batch_size=batch_size, verbose=0)
     batch_mode = np.asarray(batch_mode).reshape(batches, batch_size, 8)
@@ -324,7 +335,7 @@ def _decisions(batches, batch_size, replicas):
         "residual_kept": [bool(s[0, 0] > 1.5) for s in batch_mode],
         "drop_path_kept": [bool(s[0, 4] > 0.5) for s in batch_mode],
         "replicas": replicas,
-        "draws": _replica_draws(draws, batches, replicas),
+        "draws": _replica_draws(draws, batches, replicas, draws_layer.columns),
     }
 
 
@@ -489,7 +500,10 @@ def jax_data_parallel():
     result = {"devices": len(devices), "cases": _equivalence(distributed_fit)}
     result["model_parallel"] = _model_parallel(devices)
     keras.distribution.set_distribution(distribution)
-    result["decisions"] = _decisions(24, 16, len(devices))
+    # Mixing draws are global under DataParallel like every other draw
+    # (the mixing case equals single-device training); left out here, as
+    # they would double this compile's time.
+    result["decisions"] = _decisions(24, 16, len(devices), mixing=False)
     # A batch that the 8 devices cannot share equally.
     model, (x, y), _ = _build("stochastic_depth", 0.1, 1)
     try:
