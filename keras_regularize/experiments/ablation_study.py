@@ -149,7 +149,10 @@ def _optimizer_factory(optimizer, learning_rate):
             made.learning_rate = learning_rate
             return made
 
-        make()  # an unknown name fails now, not after training
+        try:
+            make()  # an unknown name fails now, not after training
+        except ValueError:
+            fail("optimizer", "a Keras optimizer name ('adam')", optimizer)
         return make
     if callable(optimizer) and not isinstance(
         optimizer, keras.optimizers.Optimizer

@@ -272,7 +272,7 @@ x_, y_, xv_, yv_ = _data()
         (_bad(from_logits=1), "`from_logits`.*from_logits=1"),
         (_bad(run_eagerly=None), "`run_eagerly`.*run_eagerly=None"),
         (_bad(optimizer=keras.optimizers.Adam()), "`optimizer`.*fresh"),
-        (_bad(optimizer="adamx"), "adamx"),
+        (_bad(optimizer="adamx"), "`optimizer`.*optimizer='adamx'"),
         (_bad(loss="mse"), "`loss`"),
         (
             _bad(techniques=["magic"]),
