@@ -352,6 +352,16 @@ class BackgroundWriter:
             error, self._error = self._error, None
             raise error[0]
 
+    def poll(self):
+        """Raises the error of a write that has finished, without waiting.
+
+        A write still running is left alone; `wait` or the next `write`
+        joins it.
+        """
+        thread = self._thread
+        if thread is not None and not thread.is_alive():
+            self.wait()
+
     def write(self, model, values=None, tag=None):
         """Captures now and writes `path` on a worker thread.
 

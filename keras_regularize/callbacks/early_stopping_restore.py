@@ -305,6 +305,9 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         try:
+            # A background write that failed since the last epoch ends the
+            # run now, not at the next improvement or at the end.
+            self._poll_writer()
             self._epoch_end(epoch, logs or {})
             _resume.epoch_done(self, epoch)
         except BaseException:
@@ -482,6 +485,15 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
                 plain_optimizer(self.model),
             ):
                 writer.write(self.model, values=values, tag=self.best_epoch)
+        except OSError as error:
+            self._raise_write_error(error)
+
+    def _poll_writer(self):
+        writer = self._writer
+        if writer is None or not writer.busy:
+            return
+        try:
+            writer.poll()
         except OSError as error:
             self._raise_write_error(error)
 

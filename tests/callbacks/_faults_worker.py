@@ -350,13 +350,17 @@ def _drop_root():
 class MakeReadOnly(keras.callbacks.Callback):
     """Makes the checkpoint directory read-only after epoch `epoch`."""
 
-    def __init__(self, directory, epoch):
+    def __init__(self, directory, epoch, stop):
         super().__init__()
         self.directory = directory
         self.epoch = epoch
+        self.stop = stop
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
+            # Checkpoints are written on a worker thread: the ones started
+            # before this epoch end land first, so "before" is well defined.
+            self.stop._writer.wait()
             os.chmod(self.directory, 0o555)
 
 
@@ -384,6 +388,11 @@ def read_only(after_epoch=3):
     os.makedirs(directory)
     model.save_weights(checkpoint)
     model.load_weights(checkpoint)
+    # The background writer's thread and its temporary-file names too.
+    warm = kr.callbacks.EarlyStoppingRestore(
+        monitor="loss", patience=100, checkpoint_path=checkpoint
+    )
+    _fault_model().fit(x, y, epochs=1, callbacks=[warm], verbose=0)
     np.savez(os.path.join(records_dir, "warm.npz"), weights=_flat(model))
     np.load(os.path.join(records_dir, "warm.npz"))["weights"]
     os.remove(checkpoint)
@@ -397,7 +406,7 @@ def read_only(after_epoch=3):
         monitor="score", mode="min", patience=100, checkpoint_path=checkpoint
     )
     recorder = Recorder(records_dir, 0, None, seed=3)
-    chmod = MakeReadOnly(directory, after_epoch)
+    chmod = MakeReadOnly(directory, after_epoch, stop)
     error = None
     try:
         with stop.restore_on_error():
