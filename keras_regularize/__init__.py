@@ -8,6 +8,7 @@ import importlib.metadata
 # launcher `keras_regularize_cli`, before this package is imported.
 from keras_regularize import callbacks
 from keras_regularize import constraints
+from keras_regularize import experiments
 from keras_regularize import layers
 from keras_regularize import losses
 from keras_regularize import models
@@ -22,6 +23,7 @@ except importlib.metadata.PackageNotFoundError:  # running from a source tree
 __all__ = [
     "callbacks",
     "constraints",
+    "experiments",
     "layers",
     "losses",
     "models",

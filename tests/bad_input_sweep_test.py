@@ -77,6 +77,20 @@ class Exempt:
 BASE_ARG = Exempt("Keras base argument, validated by Keras")
 
 
+def _ablation_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(24, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    return x[:16], y[:16], x[16:], y[16:]
+
+
+def _ablation_builder(seed):
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+
+RECORD = Exempt("a record `ablation` fills in; nothing to validate")
+
+
 def _tiny_model(units=3):
     inputs = keras.Input((4,))
     hidden = keras.layers.Dropout(0.5)(keras.layers.Dense(8)(inputs))
@@ -310,6 +324,56 @@ ROWS = {
         model=MODEL,
         share_weights=BOOL,
     ),
+    "keras_regularize.experiments.ablation": _row(
+        lambda build_model=D, data=D, techniques=D, **kw: (
+            kr.experiments.ablation(
+                _ablation_builder if build_model is D else build_model,
+                _ablation_data() if data is D else data,
+                ["weight_decay"] if techniques is D else techniques,
+                **{
+                    "seeds": 1,
+                    "epochs": 1,
+                    "progress": False,
+                    "run_eagerly": True,
+                    **kw,
+                },
+            )
+        ),
+        build_model=MODEL,
+        data=["abc", None, 3],
+        techniques=["dropout", None, 3, []],
+        seeds=[*POS_INT, [], [1, 1]],
+        epochs=POS_INT,
+        batch_size=POS_INT,
+        optimizer=OPTIMIZER,
+        learning_rate=POSITIVE,
+        loss=[3, "mse"],
+        from_logits=BOOL,
+        run_eagerly=BOOL,
+        progress=BOOL,
+    ),
+    "keras_regularize.experiments.AblationResult": _row(
+        lambda **kw: kr.experiments.AblationResult(
+            [], ["none"], {}, {}, [0], 1, 0, 0, **kw
+        ),
+        runs=RECORD,
+        names=RECORD,
+        labels=RECORD,
+        components=RECORD,
+        seeds=RECORD,
+        epochs=RECORD,
+        train_size=RECORD,
+        val_size=RECORD,
+    ),
+    "keras_regularize.experiments.Trial": _row(
+        lambda **kw: kr.experiments.Trial("x", 0, None, {}, {}, None, **kw),
+        name=RECORD,
+        seed=RECORD,
+        network=RECORD,
+        compile_args=RECORD,
+        fit_args=RECORD,
+        data=RECORD,
+    ),
     "keras_regularize.models.SharpnessAwareMinimization": _row(
         lambda model=D, **kw: kr.models.SharpnessAwareMinimization(
             _tiny_model() if model is D else model, **kw
@@ -367,6 +431,16 @@ SETTERS = [
     ("keras_regularize.models.SharpnessAwareMinimization", "eta", NONNEG),
     ("keras_regularize.optimizers.GradientNoise", "eta", NONNEG),
     ("keras_regularize.optimizers.GradientClipping", "threshold", POSITIVE),
+    (
+        "keras_regularize.optimizers.GradientClipping",
+        "gradient_accumulation_steps",
+        [*POS_INT_OR_NONE, 1],
+    ),
+    (
+        "keras_regularize.optimizers.GradientNoise",
+        "gradient_accumulation_steps",
+        [*POS_INT_OR_NONE, 1],
+    ),
     ("keras_regularize.callbacks.EarlyStoppingRestore", "restore_best", BOOL),
 ]
 
