@@ -374,6 +374,16 @@ ROWS = {
         fit_args=RECORD,
         data=RECORD,
     ),
+    "keras_regularize.models.add_regularization": _row(
+        lambda model=D, **kw: kr.models.add_regularization(
+            _tiny_model() if model is D else model, **kw
+        ),
+        model=MODEL,
+        drop_path=RATE,
+        drop_path_mode=choice("row", "skip"),
+        head_dropout=RATE,
+        seed=SEED,
+    ),
     "keras_regularize.models.SharpnessAwareMinimization": _row(
         lambda model=D, **kw: kr.models.SharpnessAwareMinimization(
             _tiny_model() if model is D else model, **kw

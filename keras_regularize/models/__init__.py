@@ -1,6 +1,7 @@
 """Model wrappers: distillation, on-device mixing, Monte Carlo prediction,
-sharpness-aware minimization."""
+sharpness-aware minimization, retrofitting stochastic depth."""
 
+from keras_regularize.models._retrofit import add_regularization
 from keras_regularize.models.distiller import Distiller
 from keras_regularize.models.mixing_model import MixingModel
 from keras_regularize.models.monte_carlo import MCPrediction
@@ -15,6 +16,7 @@ __all__ = [
     "MCPrediction",
     "MixingModel",
     "SharpnessAwareMinimization",
+    "add_regularization",
     "mc_predict",
     "with_mc_dropout",
 ]
