@@ -85,7 +85,7 @@ def run(
         rows,
         seeds=seeds,
         epochs=epochs,
-        progress=progress
+        progress=progress,
     )
     print()
     print(result.table())

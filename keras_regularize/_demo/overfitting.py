@@ -48,7 +48,7 @@ def run(names, epochs, seeds, out, label_noise, progress=True):
         rows,
         seeds=seeds,
         epochs=epochs,
-        progress=progress
+        progress=progress,
     )
     print()
     print(result.table())

@@ -159,6 +159,25 @@ def _apply_mixup(trial, value):
     trial.model = MixingModel(trial.model, mixer)
 
 
+def _apply_drop_path(trial, value):
+    from keras_regularize.models import add_regularization
+
+    network, report = add_regularization(
+        trial.network, drop_path=value, seed=trial.seed
+    )
+    # The linear schedule gives the first merge rate 0: a model with one
+    # merge would train exactly as "none" does.
+    if not any(rate > 0 for rate in report.rates):
+        fail(
+            "techniques",
+            '"drop_path" on a model with at least two residual merges (the '
+            "linear schedule gives the first one rate 0); this model has "
+            f"{len(report.merges)}",
+            trial.network.name,
+        )
+    trial.network = trial.model = network
+
+
 def _apply_sam(trial, value):
     from keras_regularize.models import SharpnessAwareMinimization
 
@@ -177,6 +196,13 @@ REGISTRY = {
             check_rate,
             "stochastic depth, drop rate {:g}",
             build=True,
+        ),
+        Named(
+            "drop_path",
+            0.2,
+            check_rate,
+            "drop path up to {:g} via add_regularization",
+            _apply_drop_path,
         ),
         Named(
             "max_norm",

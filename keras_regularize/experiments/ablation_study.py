@@ -302,6 +302,11 @@ def ablation(
       where the layers go; use `keras_regularize.layers.StochasticResidual`
       or `DropPath` with `drop_path_rates(blocks, value)`). A model
       without such a layer is refused.
+    - `"drop_path"` [0.2]: `keras_regularize.models.add_regularization(
+      network, drop_path=value)`: a `DropPath` on the branch of every
+      residual merge of your model, rates rising linearly from 0 to
+      `value`. A model with fewer than two merges is refused (its only
+      rate would be 0).
     - `"max_norm"` [3.0]: `keras_regularize.constraints.apply_max_norm`;
       the table reports the share of units at the cap after training.
     - `"weight_decay"` [0.01]: the optimizer's decoupled `weight_decay`.

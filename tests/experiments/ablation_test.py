@@ -35,6 +35,8 @@ def build(seed, dropout=0.0, stochastic_depth=0.0):
         x = kr.layers.StochasticResidual(block, stochastic_depth, seed=seed)(x)
     else:
         x = keras.layers.Add()([x, block(x)])
+    # A second merge, so "drop_path" (linear schedule from 0) drops one.
+    x = keras.layers.Add()([x, keras.layers.Dense(8, activation="relu")(x)])
     return keras.Model(inputs, keras.layers.Dense(3)(x))
 
 
@@ -53,7 +55,13 @@ def sgd_with_marker(trial):
 # a row of its own and part of a combination, with a user technique.
 ROWS = {
     "max_norm": "max_norm=0.5",
-    "stack_a": ["max_norm=0.5", sgd_with_marker, "dropout=0.3", "swa=0.5"],
+    "stack_a": [
+        "max_norm=0.5",
+        sgd_with_marker,
+        "dropout=0.3",
+        "swa=0.5",
+        "drop_path=0.3",
+    ],
     "stack_b": [
         "weight_decay",
         "label_smoothing",
@@ -162,8 +170,10 @@ def test_named_techniques_reach_the_run(result):
     assert "MixUp" in labels["stack_b"] and "weight EMA" in labels["stack_b"]
     assert result.components["stack_b"][0] == "stochastic_depth"
     # Named parts in registry order, user functions last.
+    assert "drop path up to 0.3" in labels["stack_a"]
     assert result.components["stack_a"] == [
         "dropout",
+        "drop_path",
         "max_norm",
         "swa",
         "sgd_with_marker",
@@ -276,7 +286,7 @@ x_, y_, xv_, yv_ = _data()
         (_bad(loss="mse"), "`loss`"),
         (
             _bad(techniques=["magic"]),
-            "known technique names \\(dropout, stochastic_depth, max_norm, "
+            "known technique names \\(dropout, stochastic_depth, drop_path, "
             ".*sam\\).*techniques='magic'",
         ),
         (_bad(techniques=[]), "at least one technique besides 'none'"),
@@ -315,3 +325,22 @@ x_, y_, xv_, yv_ = _data()
 def test_bad_inputs_name_the_argument_and_value(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_drop_path_refuses_a_model_whose_only_rate_is_zero():
+    def one_merge(seed):
+        inputs = keras.Input((4,))
+        x = keras.layers.Dense(8, activation="relu")(inputs)
+        x = keras.layers.Add()([x, keras.layers.Dense(8)(x)])
+        return keras.Model(inputs, keras.layers.Dense(3)(x))
+
+    with pytest.raises(ValueError, match="at least two residual merges"):
+        ablation(
+            one_merge,
+            _data(),
+            ["drop_path"],
+            seeds=1,
+            epochs=1,
+            progress=False,
+            run_eagerly=True,
+        )
