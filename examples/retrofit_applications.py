@@ -13,8 +13,7 @@ import keras
 import numpy as np
 from _common import SMOKE
 
-import keras_regularize as kr  # noqa: F401  (registers the layers)
-from keras_regularize.models._retrofit import add_regularization
+import keras_regularize as kr
 
 NAMES = (
     ["MobileNetV2"] if SMOKE else ["MobileNetV2", "ResNet50", "ConvNeXtTiny"]
@@ -32,7 +31,7 @@ def main():
             model = getattr(keras.applications, name)(
                 weights=None, input_shape=(32, 32, 3), classes=10
             )
-        new_model, report = add_regularization(
+        new_model, report = kr.models.add_regularization(
             model, drop_path=0.1, head_dropout=0.2, seed=0
         )
         print(report)
@@ -41,7 +40,9 @@ def main():
         )
         print(f"{name}: inference unchanged: {same}")
         new_model.compile(
-            "adam", keras.losses.SparseCategoricalCrossentropy(), ["accuracy"]
+            optimizer="adam",
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=["accuracy"],
         )
         history = new_model.fit(x, y, batch_size=8, epochs=1, verbose=0)
         print(f"{name}: one epoch, loss {history.history['loss'][-1]:.3f}\n")
