@@ -16,8 +16,7 @@ if _XDIST:
     # without `-n`) keep XLA's default optimization level.
     os.environ.setdefault(
         "XLA_FLAGS",
-        "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1 "
-        "--xla_backend_optimization_level=0",
+        "--xla_cpu_multi_thread_eigen=false --xla_backend_optimization_level=0",
     )
 
 import keras  # noqa: E402

@@ -23,6 +23,14 @@ from keras import ops
 from keras_regularize import _backend
 
 
+def _is_sharded(variable):
+    """Whether `variable`'s value is split over devices (not replicated)."""
+    sharding = getattr(variable.value, "sharding", None)
+    return sharding is not None and not getattr(
+        sharding, "is_fully_replicated", True
+    )
+
+
 class WeightSnapshot:
     """The last complete copy of a model's weights, with an optional tag.
 
@@ -82,6 +90,12 @@ class WeightSnapshot:
             )
             if self.kind is None:
                 self.kind = _backend.weight_snapshot_kind()
+                if self.kind == "host" and any(
+                    _is_sharded(v) for v in self._variables
+                ):
+                    # A sharded (ModelParallel) model: device copies keep
+                    # each variable's sharding; host copies would not.
+                    self.kind = "copy"
         self._check_model(model)
         spare = 0 if self._current is None else 1 - self._current[0]
         buffer = self._buffers[spare] if self._owned[spare] else None

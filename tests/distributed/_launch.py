@@ -20,7 +20,14 @@ def worker_env(**extra):
     path = env.get("PYTHONPATH")
     env["PYTHONPATH"] = ROOT + (os.pathsep + path if path else "")
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    # XLA flags add up: a worker's device count joins the suite's flags
+    # (conftest.py) instead of replacing them.
+    flags = " ".join(
+        f for f in (env.get("XLA_FLAGS"), extra.pop("XLA_FLAGS", None)) if f
+    )
     env.update(extra)
+    if flags:
+        env["XLA_FLAGS"] = flags
     return env
 
 

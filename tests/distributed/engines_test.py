@@ -303,12 +303,6 @@ def test_jax_model_parallel_averages_have_their_variables_sharding(
 
 
 @jax_only
-@pytest.mark.xfail(
-    strict=True,
-    reason="On CPU, EarlyStoppingRestore's snapshot is a host NumPy copy "
-    "(_backend.weight_snapshot_kind() == 'host'), not sharded arrays; "
-    "restores re-shard it. Fix proposed in /work/notes/i18-replicas.md.",
-)
 def test_jax_model_parallel_snapshot_has_its_variables_sharding(jax_result):
     layouts = jax_result["model_parallel"]["layouts"]
     assert layouts["snapshot"] == layouts["weights"], layouts["snapshot_kind"]
