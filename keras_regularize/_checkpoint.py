@@ -296,6 +296,20 @@ class BackgroundWriter:
             self._model = None
             self._release()
 
+    def finish(self, quiet=False):
+        """`close()` if the writer is open; `quiet=True` drops any error.
+
+        `quiet` is for a run already ending on another error, which must
+        not be hidden by this one.
+        """
+        if not self.busy:
+            return
+        try:
+            self.close()
+        except BaseException:
+            if not quiet:
+                raise
+
     def _unpatch(self):
         for obj in self._patched:
             hook = obj.__dict__.get("save_own_variables")

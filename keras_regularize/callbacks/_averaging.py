@@ -582,14 +582,8 @@ class WeightAveraging(keras.callbacks.Callback):
         self._close_writer()
 
     def _close_writer(self, quiet=False):
-        writer = self._writer
-        if writer is None or not writer.busy:
-            return
-        try:
-            writer.close()
-        except BaseException:
-            if not quiet:
-                raise
+        if self._writer is not None:
+            self._writer.finish(quiet)
 
     # -- resume (BackupAndRestore, see `_resume`) ------------------------------
 

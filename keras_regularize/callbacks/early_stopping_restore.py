@@ -498,17 +498,12 @@ class EarlyStoppingRestore(keras.callbacks.Callback):
             self._raise_write_error(error)
 
     def _close_writer(self, quiet=False):
-        writer = self._writer
-        if writer is None or not writer.busy:
+        if self._writer is None:
             return
         try:
-            writer.close()
+            self._writer.finish(quiet)
         except OSError as error:
-            if not quiet:
-                self._raise_write_error(error)
-        except BaseException:
-            if not quiet:
-                raise
+            self._raise_write_error(error)
 
     def _raise_write_error(self, error):
         # The directory became unwritable (or full) during training. The
