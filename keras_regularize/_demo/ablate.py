@@ -10,11 +10,8 @@ import os
 
 import numpy as np
 
-from keras_regularize._demo import data
 from keras_regularize._demo import overfitting
-from keras_regularize._demo import techniques as tech
 from keras_regularize.experiments import _report
-from keras_regularize.experiments.ablation_study import ablation
 
 # Command-line name -> (technique, default values, whether to plot on a
 # log axis). Every one of them is "off" at 0.
@@ -73,22 +70,12 @@ def run(
     progress=True,
 ):
     """One ablation over the values of `setting`; report and sweep plot."""
-    _report.check_writable(out)
     technique = SETTINGS[setting][0]
     values = sorted(set(float(v) for v in values) | {0.0})
-    split = data.noisy_digits_split(tech.TRAIN_SIZE, label_noise)
-    print(overfitting.describe_data(split, label_noise, epochs, seeds))
     rows = {row_name(technique, v): row_name(technique, v) for v in values if v}
-    result = ablation(
-        tech.build_model,
-        split,
-        rows,
-        seeds=seeds,
-        epochs=epochs,
-        progress=progress,
+    split, result = overfitting.study(
+        rows, epochs, seeds, out, label_noise, progress
     )
-    print()
-    print(result.table())
     sweep = plot_sweep(result, setting, values, os.path.join(out, "sweep.png"))
     path = _report.write_ablation_report(
         result,

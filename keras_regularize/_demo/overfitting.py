@@ -36,12 +36,14 @@ def intro(split, label_noise, epochs, seeds):
     )
 
 
-def run(names, epochs, seeds, out, label_noise, progress=True):
-    """Runs `ablation` on the demo's rows and writes the report to `out`."""
+def study(rows, epochs, seeds, out, label_noise, progress=True):
+    """The demo's data and network through `ablation`; prints the table.
+
+    Shared by `demo` and `ablate`. Returns `(split, result)`.
+    """
     _report.check_writable(out)
     split = data.noisy_digits_split(tech.TRAIN_SIZE, label_noise)
     print(describe_data(split, label_noise, epochs, seeds))
-    rows = {n: tech.ROWS[n] for n in names if n != "none"}
     result = ablation(
         tech.build_model,
         split,
@@ -52,6 +54,13 @@ def run(names, epochs, seeds, out, label_noise, progress=True):
     )
     print()
     print(result.table())
+    return split, result
+
+
+def run(names, epochs, seeds, out, label_noise, progress=True):
+    """Runs `ablation` on the demo's rows and writes the report to `out`."""
+    rows = {n: tech.ROWS[n] for n in names if n != "none"}
+    split, result = study(rows, epochs, seeds, out, label_noise, progress)
     path = result.report(
         out,
         "Regularization on handwritten digits with noisy labels",
